@@ -1,0 +1,2 @@
+//! Alignment of two networks up to permutation and positive scaling; error report.
+//! (Being written.)

@@ -1,0 +1,2 @@
+//! Classifier training for ReLU MLPs (cross-entropy, Adam or SGD).
+//! (Being written.)
