@@ -1,0 +1,253 @@
+//! Witnesses → neurons.
+//!
+//! A [`NeuronEstimate`] collects the witnesses believed to belong to one neuron and solves for its
+//! `(w, b)` as the null vector of all their homogeneous constraints stacked:
+//! - every witness's signature rows `(I − ŷŷᵀ) A` (partial or full), bias column 0;
+//! - every critical point's hyperplane row `[h(x*), 1]` (exact up to the crossing's precision).
+//!
+//! Witnesses join an estimate when their full signature agrees with it on shared coordinates, or, for
+//! free (no queries), when their critical point lies on the estimate's hyperplane and the estimate
+//! already constrains every unit active there. Coordinates no witness ever constrained stay flagged.
+
+use crate::linalg::{dot, norm, null_vector};
+use crate::signature::Witness;
+use faer::Mat;
+use std::collections::BTreeSet;
+
+/// The evidence and current solution for one neuron.
+#[derive(Debug, Clone)]
+pub struct NeuronEstimate {
+    /// Constraint rows (each unit norm), width `dim + 1` (last column: bias).
+    rows: Vec<Vec<f64>>,
+    /// Lines the witnesses came from.
+    pub lines: BTreeSet<usize>,
+    /// Number of witnesses (signature or hyperplane).
+    pub witnesses: usize,
+    /// Which input units are constrained.
+    pub known: Vec<bool>,
+    /// Current `(w, b)` with ‖w‖ = 1 (overall sign arbitrary).
+    pub theta: Vec<f64>,
+    /// s_min/s_max of the stacked constraints.
+    pub residual: f64,
+    /// s_{n-1}/s_max of the stacked constraints (restricted to known coordinates).
+    pub gap: f64,
+}
+
+fn unit(v: Vec<f64>) -> Option<Vec<f64>> {
+    let n = norm(&v);
+    (n > 0.0 && n.is_finite()).then(|| v.into_iter().map(|x| x / n).collect())
+}
+
+impl NeuronEstimate {
+    fn new(dim: usize) -> Self {
+        Self {
+            rows: Vec::new(),
+            lines: BTreeSet::new(),
+            witnesses: 0,
+            known: vec![false; dim],
+            theta: vec![0.0; dim + 1],
+            residual: 1.0,
+            gap: 0.0,
+        }
+    }
+
+    fn dim(&self) -> usize {
+        self.known.len()
+    }
+
+    /// Adds the hyperplane row of a critical point with previous-layer activation `h`.
+    pub fn add_point(&mut self, h: &[f64], line: usize) {
+        let mut row = h.to_vec();
+        row.push(1.0);
+        if let Some(r) = unit(row) {
+            self.rows.push(r);
+        }
+        self.lines.insert(line);
+        self.witnesses += 1;
+    }
+
+    /// Adds a measured witness (signature rows and its hyperplane row).
+    pub fn add_witness(&mut self, w: &Witness) {
+        let yn = norm(&w.y);
+        if yn > 0.0 {
+            let yh: Vec<f64> = w.y.iter().map(|v| v / yn).collect();
+            let r = w.a_rows.nrows();
+            let dim = self.dim();
+            // P A with P = I − ŷŷᵀ: row k = a_k − ŷ_k Σ_j ŷ_j a_j
+            let mut proj = vec![0.0; dim];
+            for j in 0..r {
+                for c in 0..dim {
+                    proj[c] += yh[j] * w.a_rows[(j, c)];
+                }
+            }
+            for k in 0..r {
+                let mut row: Vec<f64> = (0..dim).map(|c| w.a_rows[(k, c)] - yh[k] * proj[c]).collect();
+                row.push(0.0);
+                if let Some(u) = unit(row) {
+                    self.rows.push(u);
+                }
+            }
+        }
+        for &a in &w.active {
+            self.known[a] = true;
+        }
+        self.add_point(&w.h, w.line);
+    }
+
+    /// Re-solves the null vector on the known coordinates (others are set to 0).
+    pub fn solve(&mut self) {
+        let dim = self.dim();
+        let cols: Vec<usize> = (0..dim).filter(|&c| self.known[c]).chain(std::iter::once(dim)).collect();
+        if self.rows.is_empty() {
+            return;
+        }
+        let m = Mat::<f64>::from_fn(self.rows.len(), cols.len(), |i, j| self.rows[i][cols[j]]);
+        if let Some((x, res, gap)) = null_vector(&m) {
+            let mut theta = vec![0.0; dim + 1];
+            for (j, &c) in cols.iter().enumerate() {
+                theta[c] = x[j];
+            }
+            let wn = norm(&theta[..dim]);
+            if wn > 0.0 {
+                theta.iter_mut().for_each(|v| *v /= wn);
+            }
+            self.theta = theta;
+            self.residual = res;
+            self.gap = gap;
+        }
+    }
+
+    /// Relative distance of a point (previous-layer activation `h`) from this neuron's hyperplane,
+    /// or `None` when `h` has active units this estimate does not constrain.
+    pub fn plane_distance(&self, h: &[f64]) -> Option<f64> {
+        let dim = self.dim();
+        if h.iter().enumerate().any(|(k, &v)| v != 0.0 && !self.known[k]) {
+            return None;
+        }
+        let z = dot(&self.theta[..dim], h) + self.theta[dim];
+        let scale = norm(h) + self.theta[dim].abs();
+        Some(z.abs() / scale.max(f64::MIN_POSITIVE))
+    }
+
+    /// Does a full witness agree with this estimate on shared coordinates (up to sign)?
+    pub fn agrees(&self, w: &Witness, tol: f64, min_common: usize) -> bool {
+        let Some(full) = &w.full else { return false };
+        let common: Vec<(usize, usize)> = w
+            .active
+            .iter()
+            .enumerate()
+            .filter(|&(_, &a)| self.known[a])
+            .map(|(i, &a)| (i, a))
+            .collect();
+        if common.len() < min_common {
+            return false;
+        }
+        let a: Vec<f64> = common.iter().map(|&(i, _)| full[i]).collect();
+        let b: Vec<f64> = common.iter().map(|&(_, c)| self.theta[c]).collect();
+        let (na, nb) = (norm(&a), norm(&b));
+        if na == 0.0 || nb == 0.0 {
+            return false;
+        }
+        let s = if dot(&a, &b) >= 0.0 { 1.0 } else { -1.0 };
+        let diff = a.iter().zip(&b).map(|(x, y)| (x / na - s * y / nb).powi(2)).sum::<f64>().sqrt();
+        diff <= tol
+    }
+
+    /// Merges another estimate's evidence into this one.
+    pub fn absorb(&mut self, other: NeuronEstimate) {
+        self.rows.extend(other.rows);
+        self.lines.extend(other.lines);
+        self.witnesses += other.witnesses;
+        for (k, o) in self.known.iter_mut().zip(other.known) {
+            *k |= o;
+        }
+    }
+
+    /// Number of constraint rows.
+    pub fn num_rows(&self) -> usize {
+        self.rows.len()
+    }
+}
+
+/// All estimates of the layer being recovered.
+#[derive(Debug, Clone, Default)]
+pub struct NeuronBank {
+    /// Estimates (some may be deeper-layer noise until they gather enough evidence).
+    pub estimates: Vec<NeuronEstimate>,
+    dim: usize,
+}
+
+/// Tolerances for the bank.
+#[derive(Debug, Clone, Copy)]
+pub struct BankTol {
+    /// Signature agreement tolerance.
+    pub cluster_tol: f64,
+    /// Minimum shared coordinates.
+    pub min_common: usize,
+    /// Hyperplane membership tolerance (relative distance).
+    pub plane_tol: f64,
+}
+
+impl NeuronBank {
+    /// Empty bank for a layer whose inputs have width `dim`.
+    pub fn new(dim: usize) -> Self {
+        Self {
+            estimates: Vec::new(),
+            dim,
+        }
+    }
+
+    /// Finds an estimate whose hyperplane holds the point; attaches it there (no queries needed).
+    pub fn attach_point(&mut self, h: &[f64], line: usize, tol: &BankTol) -> bool {
+        let mut best: Option<(usize, f64)> = None;
+        for (i, e) in self.estimates.iter().enumerate() {
+            if e.witnesses == 0 {
+                continue;
+            }
+            if let Some(d) = e.plane_distance(h)
+                && d <= tol.plane_tol
+                && best.is_none_or(|(_, bd)| d < bd)
+            {
+                best = Some((i, d));
+            }
+        }
+        if let Some((i, _)) = best {
+            self.estimates[i].add_point(h, line);
+            self.estimates[i].solve();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Adds a measured witness: joins (and merges) every agreeing estimate, or starts a new one.
+    pub fn add_witness(&mut self, w: &Witness, tol: &BankTol) {
+        let agreeing: Vec<usize> = if w.full.is_some() {
+            (0..self.estimates.len())
+                .filter(|&i| self.estimates[i].agrees(w, tol.cluster_tol, tol.min_common))
+                .collect()
+        } else {
+            // Partial witness: only the hyperplane test can place it.
+            (0..self.estimates.len())
+                .filter(|&i| self.estimates[i].plane_distance(&w.h).is_some_and(|d| d <= tol.plane_tol))
+                .take(1)
+                .collect()
+        };
+        if agreeing.is_empty() {
+            if w.full.is_some() {
+                let mut e = NeuronEstimate::new(self.dim);
+                e.add_witness(w);
+                e.solve();
+                self.estimates.push(e);
+            }
+            return;
+        }
+        let first = agreeing[0];
+        for &i in agreeing[1..].iter().rev() {
+            let e = self.estimates.remove(i);
+            self.estimates[first].absorb(e);
+        }
+        self.estimates[first].add_witness(w);
+        self.estimates[first].solve();
+    }
+}

@@ -1,0 +1,63 @@
+//! Errors of the attack.
+
+use thiserror::Error;
+
+/// Everything that stops an extraction. Each variant says which stage and why, so a user can act on it.
+#[derive(Debug, Error)]
+pub enum ExtractError {
+    /// The oracle refused or failed a query.
+    #[error("oracle error: {0}")]
+    Oracle(#[from] OracleError),
+    /// A parameter of the attack is invalid.
+    #[error("invalid parameter '{name}': {reason}")]
+    InvalidParam {
+        /// Parameter name as in [`crate::params::ExtractParamsBuilder`].
+        name: &'static str,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// The attack could not recover a layer within its witness budget or tolerances.
+    #[error("layer {layer}: {reason}")]
+    LayerFailed {
+        /// 1-based hidden layer index.
+        layer: usize,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The architecture given does not fit the oracle.
+    #[error("architecture mismatch: {0}")]
+    Arch(String),
+    /// Model I/O or validation problem.
+    #[error(transparent)]
+    Relu(#[from] netxray_relu::ReluError),
+}
+
+/// Errors an [`crate::oracle::Oracle`] reports.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum OracleError {
+    /// The query budget is spent; `used` queries were answered before.
+    #[error("query budget of {budget} exhausted ({used} queries answered)")]
+    BudgetExhausted {
+        /// The budget.
+        budget: u64,
+        /// Queries answered so far.
+        used: u64,
+    },
+    /// A query row has the wrong width.
+    #[error("query has {got} columns, the oracle takes {expected}")]
+    BadShape {
+        /// Columns given.
+        got: usize,
+        /// Columns expected.
+        expected: usize,
+    },
+    /// A query contained NaN or inf.
+    #[error("query contains a non-finite value")]
+    NonFinite,
+    /// The oracle answered with NaN/inf or the wrong shape.
+    #[error("oracle returned an invalid answer: {0}")]
+    BadAnswer(String),
+    /// The oracle could not be reached or failed (network, process, ...).
+    #[error("oracle unavailable: {0}")]
+    Unavailable(String),
+}

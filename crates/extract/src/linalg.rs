@@ -1,0 +1,110 @@
+//! Small f64 helpers on top of faer: SVD-based null vectors, pseudo-inverses, least squares.
+
+use faer::Mat;
+
+/// Right singular vectors and singular values (descending) of `m` (`n × p`).
+pub fn svd_right(m: &Mat<f64>) -> Option<(Vec<f64>, Mat<f64>)> {
+    if m.nrows() == 0 || m.ncols() == 0 {
+        return None;
+    }
+    // For tall matrices reduce to the p × p triangular factor first: same singular values and V.
+    let r_mat;
+    let target = if m.nrows() > m.ncols() {
+        let qr = m.qr();
+        r_mat = qr.R().to_owned();
+        &r_mat
+    } else {
+        m
+    };
+    let svd = target.svd().ok()?;
+    let s: Vec<f64> = svd.S().column_vector().iter().copied().collect();
+    Some((s, svd.V().to_owned()))
+}
+
+/// The unit vector minimising `‖m x‖`, with `s_min/s_max` and `s_{p-1}/s_max` (the gap). When `m` has
+/// fewer rows than columns the null space has dimension ≥ 2 and the gap is reported as 0.
+pub fn null_vector(m: &Mat<f64>) -> Option<(Vec<f64>, f64, f64)> {
+    let p = m.ncols();
+    let (s, v) = svd_right(m)?;
+    let smax = s.first().copied().unwrap_or(0.0);
+    if smax <= 0.0 {
+        return None;
+    }
+    let x: Vec<f64> = (0..p).map(|i| v[(i, p - 1)]).collect();
+    let (smin, s2) = if s.len() == p {
+        (s[p - 1], if p >= 2 { s[p - 2] } else { smax })
+    } else {
+        (0.0, 0.0)
+    };
+    Some((x, smin / smax, s2 / smax))
+}
+
+/// Least-squares solution of `a x ≈ b` (columns of `b` solved independently) through QR.
+pub fn lstsq(a: &Mat<f64>, b: &Mat<f64>) -> Mat<f64> {
+    use faer::linalg::solvers::SolveLstsq;
+    let qr = a.qr();
+    qr.solve_lstsq(b)
+}
+
+/// Pseudo-inverse columns: for `j` (`r × d`) of full row rank, returns `d × r` with `j · out = I`,
+/// plus the ratio s_min/s_max, or `None` if degenerate.
+pub fn right_pinv(j: &Mat<f64>) -> Option<(Mat<f64>, f64)> {
+    let r = j.nrows();
+    let jt = j.transpose().to_owned();
+    let svd = jt.thin_svd().ok()?; // jᵀ = U S Vᵀ  (d × r)
+    let s: Vec<f64> = svd.S().column_vector().iter().copied().collect();
+    let smax = s.iter().cloned().fold(0.0, f64::max);
+    let smin = s.iter().cloned().fold(f64::INFINITY, f64::min);
+    if smax <= 0.0 || s.len() < r {
+        return None;
+    }
+    // pinv(j) = (jᵀ)ᵀ⁺ ... j = V S Uᵀ  ⇒  j⁺ = U S⁻¹ Vᵀ
+    let u = svd.U();
+    let v = svd.V();
+    let mut out = Mat::<f64>::zeros(jt.nrows(), r);
+    for k in 0..s.len() {
+        if s[k] <= 0.0 {
+            return None;
+        }
+        for a in 0..jt.nrows() {
+            let uk = u[(a, k)] / s[k];
+            for c in 0..r {
+                out[(a, c)] += uk * v[(c, k)];
+            }
+        }
+    }
+    Some((out, smin / smax))
+}
+
+/// Euclidean norm.
+pub fn norm(v: &[f64]) -> f64 {
+    v.iter().map(|x| x * x).sum::<f64>().sqrt()
+}
+
+/// Dot product.
+pub fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinv_and_null_vector() {
+        let j = Mat::<f64>::from_fn(2, 3, |i, k| [[1.0, 2.0, 0.5], [0.0, 1.0, -1.0]][i][k]);
+        let (p, _) = right_pinv(&j).unwrap();
+        let prod = &j * &p;
+        for i in 0..2 {
+            for k in 0..2 {
+                assert!((prod[(i, k)] - if i == k { 1.0 } else { 0.0 }).abs() < 1e-12);
+            }
+        }
+        // rows orthogonal to (1, 1, 1)
+        let m = Mat::<f64>::from_fn(4, 3, |i, k| [[1.0, -1.0, 0.0], [0.0, 1.0, -1.0], [2.0, -1.0, -1.0], [1.0, 0.0, -1.0]][i][k]);
+        let (x, res, gap) = null_vector(&m).unwrap();
+        assert!(res < 1e-14);
+        assert!(gap > 0.1);
+        assert!((x[0] - x[1]).abs() < 1e-12 && (x[1] - x[2]).abs() < 1e-12);
+    }
+}

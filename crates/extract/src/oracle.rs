@@ -1,0 +1,196 @@
+//! The only door to the target: [`Oracle`]. Queries in, outputs out, every row counted.
+//!
+//! The attack is generic over `O: Oracle + ?Sized` and never receives anything else about the target.
+//! [`NetworkOracle`] wraps a local model behind the trait; its network is a private field of this module,
+//! so no attack code can read the weights (the type system enforces the threat model).
+
+use crate::error::OracleError;
+use faer::{Mat, MatRef};
+use netxray_relu::Network;
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A black-box model: batched queries, raw real-valued outputs.
+pub trait Oracle: Sync {
+    /// Input width.
+    fn input_dim(&self) -> usize;
+    /// Output width.
+    fn output_dim(&self) -> usize;
+    /// Evaluates one input per row (`n × input_dim`), returning `n × output_dim`. One row is one query.
+    fn query_batch(&self, xs: MatRef<'_, f64>) -> Result<Mat<f64>, OracleError>;
+}
+
+/// A local model hidden behind the [`Oracle`] trait. Exposes nothing but the dimensions and answers.
+pub struct NetworkOracle {
+    net: Network,
+}
+
+impl NetworkOracle {
+    /// Hides `net` behind the oracle interface.
+    pub fn new(net: Network) -> Self {
+        Self { net }
+    }
+}
+
+impl Oracle for NetworkOracle {
+    fn input_dim(&self) -> usize {
+        self.net.input_dim()
+    }
+    fn output_dim(&self) -> usize {
+        self.net.output_dim()
+    }
+    fn query_batch(&self, xs: MatRef<'_, f64>) -> Result<Mat<f64>, OracleError> {
+        self.net.forward(xs).map_err(|e| OracleError::BadAnswer(e.to_string()))
+    }
+}
+
+/// Default number of recent (query, answer) pairs kept for reuse (the output-layer fit). Bounded so that
+/// long extractions never hoard queries.
+pub const DEFAULT_LOG_CAPACITY: usize = 4096;
+
+/// Wraps any oracle: validates queries and answers, counts rows, enforces an optional budget, attributes
+/// queries to the current stage, and keeps a bounded log of recent pairs.
+pub struct CountingOracle<'a, O: Oracle + ?Sized> {
+    inner: &'a O,
+    used: AtomicU64,
+    budget: Option<u64>,
+    log: Mutex<VecDeque<(Vec<f64>, Vec<f64>)>>,
+    log_capacity: usize,
+}
+
+impl<'a, O: Oracle + ?Sized> CountingOracle<'a, O> {
+    /// Wraps `inner` with an optional query budget.
+    pub fn new(inner: &'a O, budget: Option<u64>) -> Self {
+        Self {
+            inner,
+            used: AtomicU64::new(0),
+            budget,
+            log: Mutex::new(VecDeque::new()),
+            log_capacity: DEFAULT_LOG_CAPACITY,
+        }
+    }
+
+    /// Queries answered so far.
+    pub fn queries(&self) -> u64 {
+        self.used.load(Ordering::SeqCst)
+    }
+
+    /// Input width of the target.
+    pub fn input_dim(&self) -> usize {
+        self.inner.input_dim()
+    }
+
+    /// Output width of the target.
+    pub fn output_dim(&self) -> usize {
+        self.inner.output_dim()
+    }
+
+    /// A copy of the recent (query, answer) log, oldest first (at most the log capacity).
+    pub fn recent_log(&self) -> Vec<(Vec<f64>, Vec<f64>)> {
+        self.log.lock().expect("log lock").iter().cloned().collect()
+    }
+
+    /// Queries a batch (rows). Checks shape and finiteness both ways; counts before asking so that a
+    /// budget is never overrun.
+    pub fn query(&self, xs: MatRef<'_, f64>) -> Result<Mat<f64>, OracleError> {
+        let n = xs.nrows() as u64;
+        if n == 0 {
+            return Ok(Mat::zeros(0, self.output_dim()));
+        }
+        if xs.ncols() != self.input_dim() {
+            return Err(OracleError::BadShape {
+                got: xs.ncols(),
+                expected: self.input_dim(),
+            });
+        }
+        for j in 0..xs.ncols() {
+            if xs.col(j).iter().any(|v| !v.is_finite()) {
+                return Err(OracleError::NonFinite);
+            }
+        }
+        let before = self.used.fetch_add(n, Ordering::SeqCst);
+        if let Some(b) = self.budget
+            && before + n > b
+        {
+            self.used.fetch_sub(n, Ordering::SeqCst);
+            return Err(OracleError::BudgetExhausted { budget: b, used: before });
+        }
+        let ys = self.inner.query_batch(xs)?;
+        if ys.nrows() != xs.nrows() || ys.ncols() != self.output_dim() {
+            return Err(OracleError::BadAnswer(format!(
+                "expected {}x{} answer, got {}x{}",
+                xs.nrows(),
+                self.output_dim(),
+                ys.nrows(),
+                ys.ncols()
+            )));
+        }
+        for j in 0..ys.ncols() {
+            if ys.col(j).iter().any(|v| !v.is_finite()) {
+                return Err(OracleError::BadAnswer("non-finite output".into()));
+            }
+        }
+        if self.log_capacity > 0 {
+            let mut log = self.log.lock().expect("log lock");
+            // Keep only the last `log_capacity` rows of this batch; older entries fall out first.
+            let start = xs.nrows().saturating_sub(self.log_capacity);
+            for r in start..xs.nrows() {
+                if log.len() == self.log_capacity {
+                    log.pop_front();
+                }
+                let x: Vec<f64> = (0..xs.ncols()).map(|c| xs[(r, c)]).collect();
+                let y: Vec<f64> = (0..ys.ncols()).map(|c| ys[(r, c)]).collect();
+                log.push_back((x, y));
+            }
+        }
+        Ok(ys)
+    }
+
+    /// Queries a list of points given as vectors.
+    pub fn query_points(&self, pts: &[Vec<f64>]) -> Result<Vec<Vec<f64>>, OracleError> {
+        if pts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let d = self.input_dim();
+        for p in pts {
+            if p.len() != d {
+                return Err(OracleError::BadShape { got: p.len(), expected: d });
+            }
+        }
+        let m = Mat::<f64>::from_fn(pts.len(), d, |i, j| pts[i][j]);
+        let y = self.query(m.as_ref())?;
+        Ok((0..y.nrows()).map(|i| (0..y.ncols()).map(|j| y[(i, j)]).collect()).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netxray_relu::{Arch, InitRecipe};
+
+    #[test]
+    fn counts_and_enforces_budget() {
+        let net = Network::random(&"3-4-2".parse::<Arch>().unwrap(), InitRecipe::He, 1);
+        let o = NetworkOracle::new(net);
+        let c = CountingOracle::new(&o, Some(5));
+        c.query_points(&vec![vec![0.0; 3]; 4]).unwrap();
+        assert_eq!(c.queries(), 4);
+        let e = c.query_points(&vec![vec![0.0; 3]; 2]).unwrap_err();
+        assert!(matches!(e, OracleError::BudgetExhausted { budget: 5, used: 4 }));
+        assert_eq!(c.queries(), 4);
+        assert!(matches!(c.query_points(&[vec![f64::NAN; 3]]), Err(OracleError::NonFinite)));
+        assert!(matches!(c.query_points(&[vec![0.0; 2]]), Err(OracleError::BadShape { .. })));
+    }
+
+    #[test]
+    fn log_is_bounded() {
+        let net = Network::random(&"2-2-1".parse::<Arch>().unwrap(), InitRecipe::He, 1);
+        let o = NetworkOracle::new(net);
+        let c = CountingOracle::new(&o, None);
+        for _ in 0..3 {
+            c.query_points(&vec![vec![1.0, 2.0]; 2000]).unwrap();
+        }
+        assert_eq!(c.recent_log().len(), DEFAULT_LOG_CAPACITY);
+    }
+}

@@ -1,0 +1,288 @@
+//! Layer-by-layer orchestration, per-stage statistics and the JSON report.
+
+use crate::error::{ExtractError, OracleError};
+use crate::known::KnownPrefix;
+use crate::layer::recover_layer;
+use crate::oracle::{CountingOracle, Oracle};
+use crate::output::fit_output;
+use crate::params::ExtractParams;
+use crate::sign::{SignOutcome, last_layer, soe};
+use faer::Mat;
+use netxray_relu::{Arch, Layer, Network};
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use serde::Serialize;
+use std::time::Instant;
+
+/// Progress events for front ends (progress bars).
+#[derive(Debug, Clone)]
+pub enum ProgressEvent {
+    /// Starting hidden layer `layer` (1-based) of `width` neurons.
+    LayerStart {
+        /// Layer index.
+        layer: usize,
+        /// Width.
+        width: usize,
+    },
+    /// Neurons recovered so far in the current layer.
+    Neurons {
+        /// Done.
+        done: usize,
+        /// Width.
+        width: usize,
+    },
+    /// Working on a named stage.
+    Stage(&'static str),
+    /// Layer finished.
+    LayerDone,
+}
+
+/// Per-layer statistics.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerReport {
+    /// 1-based hidden layer index.
+    pub layer: usize,
+    /// Width.
+    pub width: usize,
+    /// Neurons recovered.
+    pub neurons_found: usize,
+    /// Neurons never seen (dead or unreachable), recovered as zero rows.
+    pub dead: Vec<usize>,
+    /// Critical points found by the search.
+    pub critical_points: usize,
+    /// Witnesses whose signature was measured.
+    pub measured_witnesses: usize,
+    /// Critical points attributed for free by the hyperplane test.
+    pub attached_points: usize,
+    /// Search lines.
+    pub lines: usize,
+    /// Queries per stage.
+    pub queries: StageQueries,
+    /// Wall seconds per stage.
+    pub seconds: StageSeconds,
+    /// Sign method.
+    pub sign_method: String,
+    /// Sign confidence per neuron (order of the output network).
+    pub sign_confidence: Vec<f64>,
+    /// Neurons whose sign confidence is below the threshold.
+    pub low_confidence: Vec<usize>,
+    /// Worst null-space residual over the layer's neurons.
+    pub max_null_residual: f64,
+    /// Neurons with unconstrained input coordinates (set to 0).
+    pub partially_constrained: Vec<usize>,
+}
+
+/// Queries per stage.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StageQueries {
+    /// Critical-point search.
+    pub search: u64,
+    /// Signature measurement.
+    pub signature: u64,
+    /// Precision refinement.
+    pub refine: u64,
+    /// Sign recovery.
+    pub sign: u64,
+}
+
+/// Wall seconds per stage.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StageSeconds {
+    /// Search, signatures and refinement together.
+    pub signatures: f64,
+    /// Sign recovery.
+    pub sign: f64,
+}
+
+/// The report of a whole extraction.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExtractionReport {
+    /// Report schema version.
+    pub schema: u32,
+    /// Architecture attacked.
+    pub arch: String,
+    /// Parameters used.
+    pub params: ExtractParams,
+    /// Total queries.
+    pub total_queries: u64,
+    /// Total wall seconds.
+    pub wall_seconds: f64,
+    /// Hidden layers.
+    pub layers: Vec<LayerReport>,
+    /// Queries of the output-layer fit.
+    pub output_queries: u64,
+    /// Max |residual| / max |f| of the output fit (≈ 1e-13 when everything before is right).
+    pub output_fit_residual: f64,
+    /// (layer, neuron) pairs whose sign is not confident.
+    pub low_confidence_signs: Vec<(usize, usize)>,
+}
+
+/// A finished extraction.
+#[derive(Debug, Clone)]
+pub struct Extraction {
+    /// The recovered network (canonical gauge: unit-norm hidden rows).
+    pub network: Network,
+    /// What it cost and how sure we are.
+    pub report: ExtractionReport,
+}
+
+fn sign_layer<O: Oracle + ?Sized>(
+    oracle: &CountingOracle<'_, O>,
+    known: &KnownPrefix,
+    layer: &Layer,
+    is_last_hidden: bool,
+    p: &ExtractParams,
+    rng: &mut ChaCha20Rng,
+) -> Result<SignOutcome, ExtractError> {
+    if is_last_hidden && let Some(s) = last_layer::recover(oracle, known, layer, p.origin_scale, rng)? {
+        return Ok(s);
+    }
+    if let Some(s) = soe::recover(
+        oracle,
+        known,
+        layer,
+        p.sign_points,
+        p.sign_min_votes,
+        p.origin_scale,
+        p.linearity_rel_tol,
+        rng,
+    )? {
+        return Ok(s);
+    }
+    // No polynomial method applies (expansive layer that is not the last hidden one): keep the signs as
+    // recovered and say so with zero confidence rather than pretend.
+    Ok(SignOutcome {
+        method: "none (expansive layer; not yet supported)",
+        signs: vec![1.0; layer.fan_out()],
+        confidence: vec![0.0; layer.fan_out()],
+        queries: 0,
+    })
+}
+
+/// Runs the whole attack against `oracle` for a network of architecture `arch`.
+pub fn extract<O: Oracle + ?Sized>(
+    oracle: &O,
+    arch: &Arch,
+    p: &ExtractParams,
+    mut progress: impl FnMut(ProgressEvent),
+) -> Result<Extraction, ExtractError> {
+    if arch.input_dim() != oracle.input_dim() || arch.output_dim() != oracle.output_dim() {
+        return Err(ExtractError::Arch(format!(
+            "architecture {arch} does not fit the oracle ({} inputs, {} outputs)",
+            oracle.input_dim(),
+            oracle.output_dim()
+        )));
+    }
+    let start = Instant::now();
+    let co = CountingOracle::new(oracle, p.max_queries);
+    let mut known = KnownPrefix::new(arch.input_dim());
+    let hidden = arch.hidden().to_vec();
+    let mut reports = Vec::new();
+    let mut low = Vec::new();
+    for (li, &width) in hidden.iter().enumerate() {
+        let layer_no = li + 1;
+        let mut rng = ChaCha20Rng::seed_from_u64(p.seed ^ (0x9E37_79B9_7F4A_7C15_u64.wrapping_mul(layer_no as u64)));
+        progress(ProgressEvent::LayerStart { layer: layer_no, width });
+        let t0 = Instant::now();
+        let sig = recover_layer(&co, &known, width, p, &mut rng, |done, width| {
+            progress(ProgressEvent::Neurons { done, width })
+        })
+        .map_err(|e| at_layer(e, layer_no))?;
+        let sig_secs = t0.elapsed().as_secs_f64();
+        let dim = known.out_dim();
+        let mut weight = Mat::<f64>::zeros(width, dim);
+        let mut bias = vec![0.0; width];
+        for (r, n) in sig.neurons.iter().enumerate() {
+            for c in 0..dim {
+                weight[(r, c)] = n.w[c];
+            }
+            bias[r] = n.b;
+        }
+        let mut layer = Layer { weight, bias };
+        progress(ProgressEvent::Stage("signs"));
+        let t1 = Instant::now();
+        let found = sig.neurons.len();
+        let live = Layer {
+            weight: Mat::from_fn(found, dim, |r, c| layer.weight[(r, c)]),
+            bias: layer.bias[..found].to_vec(),
+        };
+        let signs = if found > 0 {
+            sign_layer(&co, &known, &live, li + 1 == hidden.len(), p, &mut rng).map_err(|e| at_layer(e, layer_no))?
+        } else {
+            SignOutcome {
+                method: "none (no live neurons)",
+                signs: vec![],
+                confidence: vec![],
+                queries: 0,
+            }
+        };
+        for r in 0..found {
+            if signs.signs[r] < 0.0 {
+                for c in 0..dim {
+                    layer.weight[(r, c)] = -layer.weight[(r, c)];
+                }
+                layer.bias[r] = -layer.bias[r];
+            }
+        }
+        let lowc = signs.low_confidence(p.sign_confidence_min);
+        low.extend(lowc.iter().map(|&k| (layer_no, k)));
+        reports.push(LayerReport {
+            layer: layer_no,
+            width,
+            neurons_found: found,
+            dead: (found..width).collect(),
+            critical_points: sig.critical_points,
+            measured_witnesses: sig.measured_witnesses,
+            attached_points: sig.attached_points,
+            lines: sig.lines,
+            queries: StageQueries {
+                search: sig.search_queries,
+                signature: sig.signature_queries,
+                refine: sig.refine_queries,
+                sign: signs.queries,
+            },
+            seconds: StageSeconds {
+                signatures: sig_secs,
+                sign: t1.elapsed().as_secs_f64(),
+            },
+            sign_method: signs.method.to_string(),
+            sign_confidence: signs.confidence.clone(),
+            low_confidence: lowc,
+            max_null_residual: sig.neurons.iter().map(|n| n.residual).fold(0.0, f64::max),
+            partially_constrained: (0..found).filter(|&k| !sig.neurons[k].unconstrained.is_empty()).collect(),
+        });
+        tracing::info!(layer = layer_no, found, width, queries = co.queries(), "layer recovered");
+        known.layers.push(layer);
+        progress(ProgressEvent::LayerDone);
+    }
+    progress(ProgressEvent::Stage("output layer"));
+    let mut rng = ChaCha20Rng::seed_from_u64(p.seed ^ 0x5151_5151);
+    let q0 = co.queries();
+    let (out_layer, resid) = fit_output(&co, &known, p.origin_scale, &mut rng)?;
+    let output_queries = co.queries() - q0;
+    let mut layers = known.layers.clone();
+    layers.push(out_layer);
+    let network = Network::new(layers)?;
+    let report = ExtractionReport {
+        schema: 1,
+        arch: arch.to_string(),
+        params: p.clone(),
+        total_queries: co.queries(),
+        wall_seconds: start.elapsed().as_secs_f64(),
+        layers: reports,
+        output_queries,
+        output_fit_residual: resid,
+        low_confidence_signs: low,
+    };
+    Ok(Extraction { network, report })
+}
+
+fn at_layer(e: ExtractError, layer: usize) -> ExtractError {
+    match e {
+        ExtractError::Oracle(OracleError::BudgetExhausted { budget, used }) => ExtractError::LayerFailed {
+            layer,
+            reason: format!("query budget of {budget} exhausted after {used} queries"),
+        },
+        other => other,
+    }
+}

@@ -1,0 +1,286 @@
+//! Partial signatures at critical points.
+//!
+//! At a critical point `x*` of a neuron η of the layer being recovered, the known prefix gives the local
+//! Jacobian `J` of the previous layer's output `h` and its active units `A`. We measure the jump of the
+//! target's directional derivatives across η's hyperplane along directions `u_k` spanning the row space of
+//! `J_A`: on each side (`x_A`, `x_B` on the search line) a central difference, checked for linearity
+//! against the centre value. The jump matrix (outputs × directions) is rank one, `m_η yᵀ`; `y_k` is
+//! proportional to `w_η · (J u_k)`. When `J_A` has full row rank the directions are `J_A⁺ e_k` and `y`
+//! gives `w_η` on `A` directly (a *full* witness); otherwise only a *partial* constraint
+//! `(I − ŷŷᵀ)(J U)ᵀ w_η = 0` is known, to be unified with other witnesses (see `cluster`).
+
+use crate::critical::{CriticalPoint, Line};
+use crate::error::OracleError;
+use crate::known::KnownPrefix;
+use crate::linalg::{norm, right_pinv};
+use crate::oracle::{CountingOracle, Oracle};
+use faer::Mat;
+
+/// One measured witness of some neuron of the current layer.
+#[derive(Debug, Clone)]
+pub struct Witness {
+    /// The critical point.
+    pub x: Vec<f64>,
+    /// Search line it came from (distinct lines are independent evidence).
+    pub line: usize,
+    /// Known-prefix output at `x` (the inputs of the layer being recovered).
+    pub h: Vec<f64>,
+    /// Units of `h` that vary locally (active units; every input for the first layer).
+    pub active: Vec<usize>,
+    /// `r × dim(h)` matrix whose rows are `J u_k`.
+    pub a_rows: Mat<f64>,
+    /// Measured `y_k ∝ w·(J u_k)`.
+    pub y: Vec<f64>,
+    /// With full rank: the weight row on `active` (unit norm, arbitrary overall sign).
+    pub full: Option<Vec<f64>>,
+}
+
+/// Stencil settings.
+#[derive(Debug, Clone, Copy)]
+pub struct StencilParams {
+    /// First step.
+    pub eps: f64,
+    /// Shrink factor after a failed linearity check.
+    pub shrink: f64,
+    /// Attempts.
+    pub tries: usize,
+    /// Relative linearity tolerance.
+    pub rel_tol: f64,
+}
+
+/// Local geometry at a critical point: directions and the rows they map to.
+struct Geometry {
+    h: Vec<f64>,
+    active: Vec<usize>,
+    dirs: Mat<f64>, // d0 × r, unit columns
+    a_rows: Mat<f64>,
+    full_scale: Option<Vec<f64>>, // |v_k| for full witnesses
+}
+
+fn geometry(known: &KnownPrefix, x: &[f64]) -> Option<Geometry> {
+    let d0 = known.input_dim;
+    if known.layers.is_empty() {
+        let dirs = Mat::<f64>::identity(d0, d0);
+        return Some(Geometry {
+            h: x.to_vec(),
+            active: (0..d0).collect(),
+            a_rows: Mat::<f64>::identity(d0, d0),
+            dirs,
+            full_scale: Some(vec![1.0; d0]),
+        });
+    }
+    let eye = Mat::<f64>::identity(d0, d0);
+    let st = known.local(x, &eye);
+    let dh = st.dh; // dim(h) × d0
+    let active: Vec<usize> = (0..st.h.len()).filter(|&k| st.h[k] > 0.0).collect();
+    if active.is_empty() {
+        return None;
+    }
+    let ja = Mat::<f64>::from_fn(active.len(), d0, |i, j| dh[(active[i], j)]);
+    let dim = st.h.len();
+    if active.len() <= d0
+        && let Some((pinv, cond)) = right_pinv(&ja)
+        && cond > 1e-9
+    {
+        let r = active.len();
+        let mut dirs = Mat::<f64>::zeros(d0, r);
+        let mut scale = vec![0.0; r];
+        let mut a_rows = Mat::<f64>::zeros(r, dim);
+        for k in 0..r {
+            let nk = (0..d0).map(|i| pinv[(i, k)].powi(2)).sum::<f64>().sqrt();
+            scale[k] = nk;
+            for i in 0..d0 {
+                dirs[(i, k)] = pinv[(i, k)] / nk;
+            }
+            a_rows[(k, active[k])] = 1.0 / nk;
+        }
+        return Some(Geometry {
+            h: st.h,
+            active,
+            dirs,
+            a_rows,
+            full_scale: Some(scale),
+        });
+    }
+    // Partial: orthonormal basis of the row space of J_A.
+    let jat = ja.transpose().to_owned(); // d0 × |A|
+    let svd = jat.thin_svd().ok()?;
+    let s: Vec<f64> = svd.S().column_vector().iter().copied().collect();
+    let smax = s.iter().cloned().fold(0.0, f64::max);
+    let r = s.iter().filter(|&&v| v > 1e-9 * smax).count();
+    if r == 0 {
+        return None;
+    }
+    let u = svd.U();
+    let dirs = Mat::<f64>::from_fn(d0, r, |i, k| u[(i, k)]);
+    let ju = &ja * &dirs; // |A| × r
+    let mut a_rows = Mat::<f64>::zeros(r, dim);
+    for k in 0..r {
+        for (i, &a) in active.iter().enumerate() {
+            a_rows[(k, a)] = ju[(i, k)];
+        }
+    }
+    Some(Geometry {
+        h: st.h,
+        active,
+        dirs,
+        a_rows,
+        full_scale: None,
+    })
+}
+
+/// Measures witnesses for a batch of critical points. Points whose geometry is degenerate or whose
+/// stencils never pass the linearity check are dropped (returned as `None`).
+pub fn measure<O: Oracle + ?Sized>(
+    oracle: &CountingOracle<'_, O>,
+    known: &KnownPrefix,
+    lines: &[Line],
+    cps: &[CriticalPoint],
+    p: StencilParams,
+) -> Result<Vec<Option<Witness>>, OracleError> {
+    struct Job {
+        geo: Geometry,
+        xa: Vec<f64>,
+        xb: Vec<f64>,
+        x: Vec<f64>,
+        eps: Vec<f64>,
+        fa: Vec<f64>,
+        fb: Vec<f64>,
+        da: Vec<Option<Vec<f64>>>,
+        db: Vec<Option<Vec<f64>>>,
+        mhat: Vec<f64>,
+    }
+    let mut jobs: Vec<Option<Job>> = Vec::with_capacity(cps.len());
+    let mut centre_pts = Vec::new();
+    for cp in cps {
+        let line = &lines[cp.line];
+        let x = line.at(cp.t);
+        let Some(geo) = geometry(known, &x) else {
+            jobs.push(None);
+            continue;
+        };
+        let s = 0.5 * (cp.t - cp.a).min(cp.b - cp.t);
+        let xa = line.at(cp.t - s);
+        let xb = line.at(cp.t + s);
+        let step = s * norm(&line.dir);
+        let m_known = known.margin(&xa, &geo.dirs).min(known.margin(&xb, &geo.dirs));
+        let eps0 = p.eps.min(0.5 * m_known).min(step);
+        let r = geo.dirs.ncols();
+        let jn = norm(&cp.jump);
+        if jn == 0.0 || !eps0.is_finite() || eps0 <= 0.0 {
+            jobs.push(None);
+            continue;
+        }
+        let mhat: Vec<f64> = cp.jump.iter().map(|v| v / jn).collect();
+        centre_pts.push(xa.clone());
+        centre_pts.push(xb.clone());
+        jobs.push(Some(Job {
+            geo,
+            xa,
+            xb,
+            x,
+            eps: vec![eps0; r],
+            fa: Vec::new(),
+            fb: Vec::new(),
+            da: vec![None; r],
+            db: vec![None; r],
+            mhat,
+        }));
+    }
+    let centres = oracle.query_points(&centre_pts)?;
+    let mut ci = 0;
+    for j in jobs.iter_mut().flatten() {
+        j.fa = centres[ci].clone();
+        j.fb = centres[ci + 1].clone();
+        ci += 2;
+    }
+    for _ in 0..p.tries {
+        // Collect pending (job, k) pairs.
+        let mut pts = Vec::new();
+        let mut idx = Vec::new();
+        for (ji, j) in jobs.iter().enumerate() {
+            let Some(j) = j else { continue };
+            for k in 0..j.eps.len() {
+                if j.da[k].is_none() || j.db[k].is_none() {
+                    let e = j.eps[k];
+                    let dir: Vec<f64> = (0..j.geo.dirs.nrows()).map(|i| j.geo.dirs[(i, k)] * e).collect();
+                    for base in [&j.xa, &j.xb] {
+                        pts.push(base.iter().zip(&dir).map(|(a, b)| a + b).collect::<Vec<f64>>());
+                        pts.push(base.iter().zip(&dir).map(|(a, b)| a - b).collect::<Vec<f64>>());
+                    }
+                    idx.push((ji, k));
+                }
+            }
+        }
+        if idx.is_empty() {
+            break;
+        }
+        let ys = oracle.query_points(&pts)?;
+        for (n, &(ji, k)) in idx.iter().enumerate() {
+            let j = jobs[ji].as_mut().expect("pending job exists");
+            let e = j.eps[k];
+            let (ap, am, bp, bm) = (&ys[4 * n], &ys[4 * n + 1], &ys[4 * n + 2], &ys[4 * n + 3]);
+            let ok = |plus: &[f64], minus: &[f64], c: &[f64]| -> Option<Vec<f64>> {
+                let mut sc: f64 = 0.0;
+                let mut dev: f64 = 0.0;
+                for i in 0..c.len() {
+                    sc = sc.max(c[i].abs()).max((plus[i] - minus[i]).abs());
+                    dev = dev.max((plus[i] + minus[i] - 2.0 * c[i]).abs());
+                }
+                (dev <= p.rel_tol * sc.max(f64::MIN_POSITIVE))
+                    .then(|| plus.iter().zip(minus).map(|(a, b)| (a - b) / (2.0 * e)).collect())
+            };
+            let da = ok(ap, am, &j.fa);
+            let db = ok(bp, bm, &j.fb);
+            if da.is_some() && db.is_some() {
+                j.da[k] = da;
+                j.db[k] = db;
+            } else {
+                j.eps[k] *= p.shrink;
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(cps.len());
+    for (cp, job) in cps.iter().zip(jobs) {
+        let Some(j) = job else {
+            out.push(None);
+            continue;
+        };
+        if j.da.iter().any(|d| d.is_none()) || j.db.iter().any(|d| d.is_none()) {
+            out.push(None);
+            continue;
+        }
+        let r = j.eps.len();
+        let mut y = vec![0.0; r];
+        let mut resid: f64 = 0.0;
+        let mut big: f64 = 0.0;
+        for k in 0..r {
+            let jump: Vec<f64> = j.db[k].as_ref().unwrap().iter().zip(j.da[k].as_ref().unwrap()).map(|(b, a)| b - a).collect();
+            y[k] = jump.iter().zip(&j.mhat).map(|(a, b)| a * b).sum();
+            for (i, v) in jump.iter().enumerate() {
+                resid = resid.max((v - y[k] * j.mhat[i]).abs());
+            }
+            big = big.max(norm(&jump));
+        }
+        // A single neuron's jump is rank one across directions; anything else is not one kink.
+        if big == 0.0 || resid > 1e-6 * big {
+            out.push(None);
+            continue;
+        }
+        let full = j.geo.full_scale.as_ref().map(|sc| {
+            let w: Vec<f64> = y.iter().zip(sc).map(|(a, s)| a * s).collect();
+            let n = norm(&w);
+            w.into_iter().map(|v| v / n).collect::<Vec<f64>>()
+        });
+        out.push(Some(Witness {
+            x: j.x,
+            line: cp.line,
+            h: j.geo.h,
+            active: j.geo.active,
+            a_rows: j.geo.a_rows,
+            y,
+            full,
+        }));
+    }
+    Ok(out)
+}
