@@ -186,6 +186,8 @@ pub struct BankTol {
     pub min_common: usize,
     /// Hyperplane membership tolerance (relative distance).
     pub plane_tol: f64,
+    /// A join is kept only if the joint null-space residual stays below this.
+    pub residual_max: f64,
 }
 
 impl NeuronBank {
@@ -212,12 +214,15 @@ impl NeuronBank {
             }
         }
         if let Some((i, _)) = best {
-            self.estimates[i].add_point(h, line);
-            self.estimates[i].solve();
-            true
-        } else {
-            false
+            let mut trial = self.estimates[i].clone();
+            trial.add_point(h, line);
+            trial.solve();
+            if trial.residual <= tol.residual_max {
+                self.estimates[i] = trial;
+                return true;
+            }
         }
+        false
     }
 
     /// Adds a measured witness: joins (and merges) every agreeing estimate, or starts a new one.
@@ -233,21 +238,28 @@ impl NeuronBank {
                 .take(1)
                 .collect()
         };
-        if agreeing.is_empty() {
-            if w.full.is_some() {
-                let mut e = NeuronEstimate::new(self.dim);
-                e.add_witness(w);
-                e.solve();
-                self.estimates.push(e);
+        // Join the agreeing estimates only if the joint constraints stay consistent; a witness that
+        // agrees on a few coordinates by accident (or a contaminated one) fails that test.
+        if !agreeing.is_empty() {
+            let mut trial = self.estimates[agreeing[0]].clone();
+            for &i in &agreeing[1..] {
+                trial.absorb(self.estimates[i].clone());
             }
-            return;
+            trial.add_witness(w);
+            trial.solve();
+            if trial.residual <= tol.residual_max {
+                for &i in agreeing[1..].iter().rev() {
+                    self.estimates.remove(i);
+                }
+                self.estimates[agreeing[0]] = trial;
+                return;
+            }
         }
-        let first = agreeing[0];
-        for &i in agreeing[1..].iter().rev() {
-            let e = self.estimates.remove(i);
-            self.estimates[first].absorb(e);
+        if w.full.is_some() {
+            let mut e = NeuronEstimate::new(self.dim);
+            e.add_witness(w);
+            e.solve();
+            self.estimates.push(e);
         }
-        self.estimates[first].add_witness(w);
-        self.estimates[first].solve();
     }
 }

@@ -111,6 +111,7 @@ pub fn recover_layer<O: Oracle + ?Sized>(
         cluster_tol: p.cluster_tol,
         min_common: p.min_common_coords,
         plane_tol: PLANE_TOL,
+        residual_max: p.null_residual_max,
     };
     let stencil = StencilParams {
         eps: p.stencil_eps * sigma,
@@ -179,14 +180,44 @@ pub fn recover_layer<O: Oracle + ?Sized>(
         }
     }
     out.lines = lines.len();
-    // Accept: complete estimates first; after the budget also those with enough lines but gaps.
-    let mut accepted: Vec<NeuronEstimate> = bank
+    if std::env::var("NETXRAY_DEBUG").is_ok() {
+        for e in &bank.estimates {
+            eprintln!(
+                "dim {} est lines {} wit {} rows {} res {:.2e} gap {:.2e} complete {} theta[..3] {:?}",
+                dim,
+                e.lines.len(),
+                e.witnesses,
+                e.num_rows(),
+                e.residual,
+                e.gap,
+                is_complete(e, &alive, p),
+                &e.theta[..3.min(e.theta.len())]
+            );
+        }
+    }
+    // Accept: complete estimates first, then the best of the rest; never the same hyperplane twice
+    // (an estimate split in two halves that never shared coordinates).
+    let mut cands: Vec<NeuronEstimate> = bank
         .estimates
         .into_iter()
         .filter(|e| e.lines.len() >= p.min_witnesses && e.residual <= p.null_residual_max)
         .collect();
-    accepted.sort_by(|a, b| b.witnesses.cmp(&a.witnesses));
-    accepted.truncate(width);
+    cands.sort_by(|a, b| {
+        is_complete(b, &alive, p)
+            .cmp(&is_complete(a, &alive, p))
+            .then(a.residual.total_cmp(&b.residual))
+            .then(b.witnesses.cmp(&a.witnesses))
+    });
+    let mut accepted: Vec<NeuronEstimate> = Vec::new();
+    for c in cands {
+        let dup = accepted.iter().any(|a| {
+            let d = dot(&a.theta, &c.theta) / (norm(&a.theta) * norm(&c.theta));
+            d.abs() > 1.0 - 1e-8
+        });
+        if !dup && accepted.len() < width {
+            accepted.push(c);
+        }
+    }
     // Precision refinement: predicted crossings on fresh lines, confirmed by a short local search.
     let q0 = oracle.queries();
     refine(oracle, known, &mut accepted, p, rng, half, search_tol)?;

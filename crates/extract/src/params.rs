@@ -34,7 +34,7 @@ pub struct ExtractParams {
     /// lines cannot (they would have to share a deeper activation pattern).
     pub min_witnesses: usize,
     /// Two signatures agree when their normalised difference on shared coordinates is below this.
-    /// Default 1e-5: measured signatures carry ~1e-9 relative noise; distinct neurons differ by O(1).
+    /// Default 1e-7: clean signatures agree to ~1e-10; distinct neurons differ by O(1).
     pub cluster_tol: f64,
     /// Shared active coordinates needed to compare two partial signatures. Default 2 (one shared
     /// coordinate says nothing about direction).
@@ -101,7 +101,7 @@ impl Default for ExtractParamsBuilder {
                 lines_per_round: 4,
                 max_rounds_per_layer: 40,
                 min_witnesses: 2,
-                cluster_tol: 1e-5,
+                cluster_tol: 1e-7,
                 min_common_coords: 2,
                 null_residual_max: 1e-6,
                 null_gap_min: 1e-7,
