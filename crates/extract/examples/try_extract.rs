@@ -16,7 +16,14 @@ fn main() {
     let o = NetworkOracle::new(net.clone());
     let p = ExtractParams::builder().seed(seed).build().unwrap();
     let t = std::time::Instant::now();
-    let ex = extract(&o, &arch, &p, |_| {}).unwrap();
+    let ex = match extract(&o, &arch, &p, |_| {}) {
+        Ok(e) => e,
+        Err(netxray_extract::ExtractError::VerificationFailed { extraction, rel_error }) => {
+            println!("VERIFICATION FAILED rel {rel_error:.3e}");
+            *extraction
+        }
+        Err(e) => panic!("{e}"),
+    };
     println!("{}", serde_json::to_string_pretty(&ex.report.layers).unwrap());
     // Diagnostics: best |cos| of each recovered (w, b) row against the truth, per hidden layer.
     for (li, (lt, lr)) in net.layers().iter().zip(ex.network.layers()).enumerate().take(arch.hidden().len()) {

@@ -225,6 +225,43 @@ impl NeuronBank {
         false
     }
 
+    /// Merges pairs of estimates that agree on their shared known coordinates and stay consistent when
+    /// joined (pieces of one neuron whose witnesses never shared enough active units).
+    pub fn merge_pass(&mut self, tol: &BankTol) {
+        let mut i = 0;
+        while i < self.estimates.len() {
+            let mut j = i + 1;
+            while j < self.estimates.len() {
+                let (a, b) = (&self.estimates[i], &self.estimates[j]);
+                let common: Vec<usize> = (0..self.dim).filter(|&k| a.known[k] && b.known[k]).collect();
+                let mut merged = false;
+                if common.len() >= tol.min_common {
+                    let va: Vec<f64> = common.iter().map(|&k| a.theta[k]).collect();
+                    let vb: Vec<f64> = common.iter().map(|&k| b.theta[k]).collect();
+                    let (na, nb) = (norm(&va), norm(&vb));
+                    if na > 0.0 && nb > 0.0 {
+                        let s = if dot(&va, &vb) >= 0.0 { 1.0 } else { -1.0 };
+                        let diff = va.iter().zip(&vb).map(|(x, y)| (x / na - s * y / nb).powi(2)).sum::<f64>().sqrt();
+                        if diff <= tol.cluster_tol {
+                            let mut trial = a.clone();
+                            trial.absorb(b.clone());
+                            trial.solve();
+                            if trial.residual <= tol.residual_max {
+                                self.estimates[i] = trial;
+                                self.estimates.remove(j);
+                                merged = true;
+                            }
+                        }
+                    }
+                }
+                if !merged {
+                    j += 1;
+                }
+            }
+            i += 1;
+        }
+    }
+
     /// Adds a measured witness: joins (and merges) every agreeing estimate, or starts a new one.
     pub fn add_witness(&mut self, w: &Witness, tol: &BankTol) {
         let agreeing: Vec<usize> = if w.full.is_some() {

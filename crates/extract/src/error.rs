@@ -27,6 +27,17 @@ pub enum ExtractError {
     /// The architecture given does not fit the oracle.
     #[error("architecture mismatch: {0}")]
     Arch(String),
+    /// The recovered network disagrees with the target on fresh queries: something upstream (a missed
+    /// neuron, a wrong sign) went wrong. The extraction is attached so that it can still be inspected.
+    #[error(
+        "verification failed: recovered network differs from the target by {rel_error:.3e} (relative) on fresh queries; see the report for low-confidence signs and missing neurons"
+    )]
+    VerificationFailed {
+        /// max |f − f̂| / max |f| on the verification queries.
+        rel_error: f64,
+        /// What was recovered.
+        extraction: Box<crate::pipeline::Extraction>,
+    },
     /// Model I/O or validation problem.
     #[error(transparent)]
     Relu(#[from] netxray_relu::ReluError),

@@ -172,6 +172,7 @@ pub fn recover_layer<O: Oracle + ?Sized>(
                 bank.add_witness(&w, &tol);
             }
         }
+        bank.merge_pass(&tol);
         let done = bank.estimates.iter().filter(|e| is_complete(e, &alive, p)).count();
         on_progress(done.min(width), width);
         tracing::debug!(round, done, width, estimates = bank.estimates.len(), "witness round");

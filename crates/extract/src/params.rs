@@ -40,7 +40,7 @@ pub struct ExtractParams {
     /// coordinate says nothing about direction).
     pub min_common_coords: usize,
     /// Largest relative singular value s_min/s_max accepted for a neuron's stacked constraints.
-    /// Default 1e-6: consistent constraints give ~1e-10; a wrong witness gives O(1e-2) or more.
+    /// Default 1e-8: consistent constraints give ~1e-12–1e-10; one wrong witness or a stencil that crossed another boundary gives 1e-7 or more.
     pub null_residual_max: f64,
     /// Smallest gap s_{n-1}/s_max for the null space to be one-dimensional. Default 1e-7.
     pub null_gap_min: f64,
@@ -103,7 +103,7 @@ impl Default for ExtractParamsBuilder {
                 min_witnesses: 2,
                 cluster_tol: 1e-7,
                 min_common_coords: 2,
-                null_residual_max: 1e-6,
+                null_residual_max: 1e-8,
                 null_gap_min: 1e-7,
                 stencil_eps: 1e-3,
                 stencil_shrink: 0.1,

@@ -115,6 +115,40 @@ pub struct ExtractionReport {
     pub output_fit_residual: f64,
     /// (layer, neuron) pairs whose sign is not confident.
     pub low_confidence_signs: Vec<(usize, usize)>,
+    /// Fresh queries spent on the final verification.
+    pub verify_queries: u64,
+    /// max |f − f̂| / max |f| on the verification queries.
+    pub verify_rel_error: f64,
+}
+
+/// Largest relative functional error the final check accepts. 1e-6 is far above the ~1e-10 of a
+/// correct extraction and far below the O(1) error of a wrong sign or a missing neuron.
+pub const VERIFY_REL_TOL: f64 = 1e-6;
+
+/// Queries for the final verification.
+const VERIFY_POINTS: usize = 256;
+
+fn verify<O: Oracle + ?Sized>(
+    co: &CountingOracle<'_, O>,
+    net: &Network,
+    p: &ExtractParams,
+    rng: &mut ChaCha20Rng,
+) -> Result<f64, ExtractError> {
+    use rand::Rng;
+    use rand_distr::StandardNormal;
+    let d0 = net.input_dim();
+    let xs = Mat::<f64>::from_fn(VERIFY_POINTS, d0, |_, _| p.origin_scale * rng.sample::<f64, _>(StandardNormal));
+    let truth = co.query(xs.as_ref())?;
+    let ours = net.forward(xs.as_ref())?;
+    let mut err: f64 = 0.0;
+    let mut scale: f64 = 0.0;
+    for i in 0..truth.nrows() {
+        for j in 0..truth.ncols() {
+            err = err.max((truth[(i, j)] - ours[(i, j)]).abs());
+            scale = scale.max(truth[(i, j)].abs());
+        }
+    }
+    Ok(err / scale.max(f64::MIN_POSITIVE))
 }
 
 /// A finished extraction.
@@ -263,6 +297,11 @@ pub fn extract<O: Oracle + ?Sized>(
     let mut layers = known.layers.clone();
     layers.push(out_layer);
     let network = Network::new(layers)?;
+    // Verification on fresh queries: never hand back a silently wrong model.
+    progress(ProgressEvent::Stage("verify"));
+    let q0 = co.queries();
+    let verify_rel_error = verify(&co, &network, p, &mut rng)?;
+    let verify_queries = co.queries() - q0;
     let report = ExtractionReport {
         schema: 1,
         arch: arch.to_string(),
@@ -273,7 +312,15 @@ pub fn extract<O: Oracle + ?Sized>(
         output_queries,
         output_fit_residual: resid,
         low_confidence_signs: low,
+        verify_queries,
+        verify_rel_error,
     };
+    if !(verify_rel_error <= VERIFY_REL_TOL) {
+        return Err(ExtractError::VerificationFailed {
+            rel_error: verify_rel_error,
+            extraction: Box::new(Extraction { network, report }),
+        });
+    }
     Ok(Extraction { network, report })
 }
 
