@@ -1,10 +1,137 @@
-//! `netxray extract` (being written).
+//! `netxray extract`: black-box extraction of a ReLU network.
+
+use anyhow::{Context, Result, bail};
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use netxray_extract::pipeline::ProgressEvent;
+use netxray_extract::{ExtractError, ExtractParams, NetworkOracle, extract};
+use netxray_relu::Arch;
+use netxray_relu::format::{SaveDtype, load_network, save_network};
+use std::path::PathBuf;
 
 /// Arguments of `extract`.
 #[derive(Debug, Args)]
-pub struct ExtractArgs {}
+pub struct ExtractArgs {
+    /// Target model file (.safetensors or .npz). The attack only queries it through the oracle
+    /// interface; the file is read to serve answers, never shown to the attack.
+    #[arg(long)]
+    pub target: PathBuf,
+    /// Architecture of the target (e.g. 784-128-10); defaults to the widths the model file declares
+    /// (the threat model assumes a known architecture).
+    #[arg(long)]
+    pub arch: Option<Arch>,
+    /// Where to write the recovered network (canonical safetensors, f64).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Where to write the JSON report (queries and time per layer and stage, signs and confidences).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Seed of every random choice; the same seed gives the same result.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Stop with an error once this many queries have been spent.
+    #[arg(long)]
+    pub max_queries: Option<u64>,
+    /// Standard deviation of the inputs the attack probes with (the target's natural input scale).
+    #[arg(long, default_value_t = 1.0)]
+    pub input_scale: f64,
+}
 
-pub fn run(_a: ExtractArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not yet implemented")
+/// Runs `extract`.
+pub fn run(a: ExtractArgs) -> Result<()> {
+    let net = load_network(&a.target).with_context(|| format!("cannot load target {}", a.target.display()))?;
+    let arch = a.arch.clone().unwrap_or_else(|| net.arch());
+    if arch.input_dim() != net.input_dim() || arch.output_dim() != net.output_dim() {
+        bail!(
+            "--arch {arch} does not match the target's {} inputs and {} outputs",
+            net.input_dim(),
+            net.output_dim()
+        );
+    }
+    let oracle = NetworkOracle::new(net);
+    let params = ExtractParams::builder()
+        .seed(a.seed)
+        .threads(a.threads)
+        .max_queries(a.max_queries)
+        .origin_scale(a.input_scale)
+        .build()?;
+    if let Some(t) = a.threads {
+        // A second initialisation (e.g. in tests) is harmless: keep the existing pool.
+        let _ = rayon_pool(t);
+    }
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>9} [{bar:30}] {pos}/{len} neurons {msg} ({elapsed})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let result = extract(&oracle, &arch, &params, |ev| match ev {
+        ProgressEvent::LayerStart { layer, width } => {
+            bar.set_prefix(format!("layer {layer}"));
+            bar.set_length(width as u64);
+            bar.set_position(0);
+            bar.set_message("");
+        }
+        ProgressEvent::Neurons { done, .. } => bar.set_position(done as u64),
+        ProgressEvent::Stage(s) => bar.set_message(s.to_string()),
+        ProgressEvent::LayerDone => {}
+    });
+    bar.finish_and_clear();
+    let (ex, failure) = match result {
+        Ok(ex) => (ex, None),
+        Err(ExtractError::VerificationFailed { rel_error, extraction }) => (*extraction, Some(rel_error)),
+        Err(e) => return Err(e.into()),
+    };
+    save_network(&a.out, &ex.network, SaveDtype::F64)
+        .with_context(|| format!("cannot write {}", a.out.display()))?;
+    if let Some(path) = &a.report {
+        let json = serde_json::to_string_pretty(&ex.report)?;
+        write_atomic(path, json.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let r = &ex.report;
+    println!("architecture: {}", r.arch);
+    for l in &r.layers {
+        println!(
+            "layer {}: {}/{} neurons, {} dead, queries search {} signature {} refine {} sign {} ({}), {:.2}s",
+            l.layer,
+            l.neurons_found,
+            l.width,
+            l.dead.len(),
+            l.queries.search,
+            l.queries.signature,
+            l.queries.refine,
+            l.queries.sign,
+            l.sign_method,
+            l.seconds.signatures + l.seconds.sign
+        );
+    }
+    println!("output layer: {} queries, fit residual {:.3e}", r.output_queries, r.output_fit_residual);
+    println!("total queries: {}", r.total_queries);
+    println!("wall time: {:.2}s", r.wall_seconds);
+    println!("verification (fresh queries): max |f - f^| / max |f| = {:.3e}", r.verify_rel_error);
+    if !r.low_confidence_signs.is_empty() {
+        println!("low-confidence signs (layer, neuron): {:?}", r.low_confidence_signs);
+    }
+    if let Some(rel) = failure {
+        bail!(
+            "extraction did not verify (relative error {rel:.3e}); the partial result was written to {} for inspection",
+            a.out.display()
+        );
+    }
+    Ok(())
+}
+
+fn rayon_pool(threads: usize) -> Result<()> {
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
+    Ok(())
+}
+
+fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("report")));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
 }

@@ -297,11 +297,15 @@ fn refine<O: Oracle + ?Sized>(
         {
             let x = lines[c.line].at(c.t);
             let (_, h) = known.forward_rows(std::slice::from_ref(&x)).pop().expect("one row");
-            est[ei].add_point(&h, usize::MAX - si);
+            // Another neuron's kink can sit next to the prediction: keep the point only if the
+            // constraints stay consistent.
+            let mut trial = est[ei].clone();
+            trial.add_point(&h, usize::MAX - si);
+            trial.solve();
+            if trial.residual <= p.null_residual_max {
+                est[ei] = trial;
+            }
         }
-    }
-    for e in est.iter_mut() {
-        e.solve();
     }
     Ok(())
 }
