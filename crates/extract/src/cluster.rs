@@ -31,7 +31,12 @@ pub struct NeuronEstimate {
     pub residual: f64,
     /// s_{n-1}/s_max of the stacked constraints (restricted to known coordinates).
     pub gap: f64,
+    /// A few input points on this neuron's hyperplane (measured witnesses), for hyperplane following.
+    pub anchors: Vec<Vec<f64>>,
 }
+
+/// Anchors kept per estimate.
+const MAX_ANCHORS: usize = 4;
 
 fn unit(v: Vec<f64>) -> Option<Vec<f64>> {
     let n = norm(&v);
@@ -48,6 +53,7 @@ impl NeuronEstimate {
             theta: vec![0.0; dim + 1],
             residual: 1.0,
             gap: 0.0,
+            anchors: Vec::new(),
         }
     }
 
@@ -90,6 +96,9 @@ impl NeuronEstimate {
         }
         for &a in &w.active {
             self.known[a] = true;
+        }
+        if self.anchors.len() < MAX_ANCHORS {
+            self.anchors.push(w.x.clone());
         }
         self.add_point(&w.h, w.line);
     }
@@ -158,6 +167,11 @@ impl NeuronEstimate {
         self.rows.extend(other.rows);
         self.lines.extend(other.lines);
         self.witnesses += other.witnesses;
+        for a in other.anchors {
+            if self.anchors.len() < MAX_ANCHORS {
+                self.anchors.push(a);
+            }
+        }
         for (k, o) in self.known.iter_mut().zip(other.known) {
             *k |= o;
         }

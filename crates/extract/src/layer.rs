@@ -68,15 +68,72 @@ pub fn random_line(rng: &mut ChaCha20Rng, d0: usize, sigma: f64) -> Line {
 
 /// Splits `[-L, L]` at the known kinks of the line, leaving a small margin around each.
 pub fn free_segments(known: &KnownPrefix, line: &Line, line_id: usize, half: f64) -> Vec<(usize, f64, f64)> {
-    let ks = known.kinks_on_line(&line.origin, &line.dir, -half, half);
-    let mut pts = vec![-half];
+    free_segments_in(known, line, line_id, -half, half)
+}
+
+/// Splits `[t0, t1]` at the known kinks of the line, leaving a small margin around each.
+pub fn free_segments_in(known: &KnownPrefix, line: &Line, line_id: usize, t0: f64, t1: f64) -> Vec<(usize, f64, f64)> {
+    let ks = known.kinks_on_line(&line.origin, &line.dir, t0, t1);
+    let mut pts = vec![t0];
     pts.extend(ks);
-    pts.push(half);
-    let margin = 1e-9 * half;
+    pts.push(t1);
+    let margin = 1e-9 * (t1 - t0);
     pts.windows(2)
         .filter(|w| w[1] - w[0] > 4.0 * margin)
         .map(|w| (line_id, w[0] + margin, w[1] - margin))
         .collect()
+}
+
+/// Walks from `anchor` (on the hyperplane of the estimate `theta`) along that hyperplane until unit
+/// `unit` of the known prefix turns active, and returns a short line through the end point along the
+/// estimate's normal, with its half length. Offline: no queries.
+fn follow_to_unit(known: &KnownPrefix, theta: &[f64], anchor: &[f64], unit: usize) -> Option<(Line, f64)> {
+    let d0 = known.input_dim;
+    let dim = known.out_dim();
+    let eye = faer::Mat::<f64>::identity(d0, d0);
+    let mut x = anchor.to_vec();
+    let mut travelled: f64 = 0.0;
+    for _ in 0..16 {
+        let st = known.local(&x, &eye);
+        let g: Vec<f64> = (0..d0).map(|c| (0..dim).map(|r| theta[r] * st.dh[(r, c)]).sum()).collect();
+        let gn = norm(&g);
+        if gn == 0.0 {
+            return None;
+        }
+        let ghat: Vec<f64> = g.iter().map(|v| v / gn).collect();
+        if st.h[unit] > 0.0 {
+            let r = (0.25 * travelled).max(1e-6);
+            return Some((Line { origin: x, dir: ghat }, r));
+        }
+        let zk = st.pre.last()?[unit];
+        let dz: Vec<f64> = (0..d0).map(|c| st.dpre.last().expect("known layer")[(unit, c)]).collect();
+        let along = dot(&dz, &ghat);
+        let tau: Vec<f64> = dz.iter().zip(&ghat).map(|(a, b)| a - along * b).collect();
+        let tn2 = dot(&tau, &tau);
+        if tn2 == 0.0 {
+            return None;
+        }
+        // Step to just past the unit's boundary (first order; repeated when other units change the map).
+        let t = -zk / tn2 * 1.02 + 1e-9;
+        x.iter_mut().zip(&tau).for_each(|(xi, ti)| *xi += t * ti);
+        travelled += t * tn2.sqrt();
+    }
+    None
+}
+
+/// Rejection-samples an input (at several scales) where unit `unit` of the known prefix's output is
+/// active. Offline: costs no queries.
+fn point_with_active_unit(known: &KnownPrefix, unit: usize, sigma: f64, rng: &mut ChaCha20Rng) -> Option<Vec<f64>> {
+    let d0 = known.input_dim;
+    let empty = faer::Mat::<f64>::zeros(d0, 0);
+    for attempt in 0..4000 {
+        let s = sigma * [1.0, 0.3, 3.0, 10.0][attempt % 4];
+        let x: Vec<f64> = (0..d0).map(|_| s * rng.sample::<f64, _>(StandardNormal)).collect();
+        if known.local(&x, &empty).h[unit] > 0.0 {
+            return Some(x);
+        }
+    }
+    None
 }
 
 fn alive_units(known: &KnownPrefix) -> Vec<bool> {
@@ -88,8 +145,14 @@ fn alive_units(known: &KnownPrefix) -> Vec<bool> {
     }
 }
 
-fn is_complete(e: &NeuronEstimate, alive: &[bool], p: &ExtractParams) -> bool {
-    e.lines.len() >= p.min_witnesses
+/// Witnessing search lines that are independent random lines (not hyperplane-following lines, which
+/// stay in one neighbourhood, nor refinement lines).
+fn independent_lines(e: &NeuronEstimate, following: &[bool]) -> usize {
+    e.lines.iter().filter(|&&l| l < following.len() && !following[l]).count()
+}
+
+fn is_complete(e: &NeuronEstimate, alive: &[bool], p: &ExtractParams, following: &[bool]) -> bool {
+    independent_lines(e, following) >= p.min_witnesses
         && e.residual <= p.null_residual_max
         && e.known.iter().zip(alive).all(|(k, a)| *k || !*a)
 }
@@ -126,6 +189,8 @@ pub fn recover_layer<O: Oracle + ?Sized>(
     let alive = alive_units(known);
     let mut bank = NeuronBank::new(dim);
     let mut lines: Vec<Line> = Vec::new();
+    // Per line: was it a hyperplane-following line (local, not independent evidence)?
+    let mut following: Vec<bool> = Vec::new();
     let mut out = LayerSignatures {
         neurons: Vec::new(),
         dead: 0,
@@ -142,8 +207,39 @@ pub fn recover_layer<O: Oracle + ?Sized>(
         // then be matched for free by the hyperplane test.
         let n_lines = if round == 0 { 1 } else { p.lines_per_round };
         let first = lines.len();
-        for _ in 0..n_lines {
-            lines.push(random_line(rng, d0, sigma));
+        // Units that some promising estimate still lacks: aim half of the new lines through points
+        // where such a unit is active, so rarely active inputs get witnessed too.
+        let targets: Vec<(usize, usize)> = if round >= 2 {
+            // (estimate, missing unit) pairs of promising but incomplete estimates.
+            bank.estimates
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| independent_lines(e, &following) >= p.min_witnesses && e.residual <= p.null_residual_max)
+                .flat_map(|(i, e)| (0..dim).filter(|&k| !e.known[k] && alive[k]).map(move |k| (i, k)).collect::<Vec<_>>())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for j in 0..n_lines {
+            following.push(false);
+            let mut line = random_line(rng, d0, sigma);
+            if !targets.is_empty() && j % 2 == 1 {
+                // Through a point where the missing unit is active, heading for the estimate's
+                // hyperplane along its (partially known) normal.
+                let (ei, unit) = targets[rng.random_range(0..targets.len())];
+                if let Some(o) = point_with_active_unit(known, unit, sigma, rng) {
+                    let eye = faer::Mat::<f64>::identity(d0, d0);
+                    let st = known.local(&o, &eye);
+                    let theta = &bank.estimates[ei].theta;
+                    let g: Vec<f64> = (0..d0).map(|c| (0..dim).map(|r| theta[r] * st.dh[(r, c)]).sum()).collect();
+                    let gn = norm(&g);
+                    if gn > 0.0 {
+                        line.dir = g.iter().map(|v| v / gn).collect();
+                    }
+                    line.origin = o;
+                }
+            }
+            lines.push(line);
         }
         let segments: Vec<(usize, f64, f64)> =
             (first..lines.len()).flat_map(|l| free_segments(known, &lines[l], l, half)).collect();
@@ -172,15 +268,63 @@ pub fn recover_layer<O: Oracle + ?Sized>(
                 bank.add_witness(&w, &tol);
             }
         }
+        // Hyperplane following: from a witness of an incomplete estimate, walk along its hyperplane into
+        // the region where a unit it lacks is active, then look for its (bent) hyperplane there.
+        if round >= 1 {
+            let mut follow_lines: Vec<Line> = Vec::new();
+            let mut segs = Vec::new();
+            for e in bank.estimates.iter().filter(|e| {
+                e.residual <= p.null_residual_max
+                    && !e.anchors.is_empty()
+                    && independent_lines(e, &following) >= p.min_witnesses
+            }) {
+                let missing: Vec<usize> = (0..dim).filter(|&k| !e.known[k] && alive[k]).collect();
+                for &k in missing.iter().take(4) {
+                    let anchor = &e.anchors[rng.random_range(0..e.anchors.len())];
+                    if let Some((line, r)) = follow_to_unit(known, &e.theta, anchor, k) {
+                        let id = lines.len() + follow_lines.len();
+                        segs.extend(free_segments_in(known, &line, id, -r, r));
+                        follow_lines.push(line);
+                    }
+                }
+            }
+            if !segs.is_empty() {
+                let base = lines.len();
+                following.extend(std::iter::repeat_n(true, follow_lines.len()));
+                lines.extend(follow_lines);
+                let q0 = oracle.queries();
+                let cps = find_critical_points(oracle, &lines, &segs, search_tol)?;
+                out.search_queries += oracle.queries() - q0;
+                out.critical_points += cps.len();
+                let mut to_measure = Vec::new();
+                for cp in cps {
+                    let x = lines[cp.line].at(cp.t);
+                    let (_, h) = known.forward_rows(std::slice::from_ref(&x)).pop().expect("one row");
+                    if bank.attach_point(&h, cp.line, &tol) {
+                        out.attached_points += 1;
+                    } else {
+                        to_measure.push(cp);
+                    }
+                }
+                let q0 = oracle.queries();
+                let ws = measure(oracle, known, &lines, &to_measure, stencil)?;
+                out.signature_queries += oracle.queries() - q0;
+                for w in ws.into_iter().flatten() {
+                    out.measured_witnesses += 1;
+                    bank.add_witness(&w, &tol);
+                }
+                tracing::debug!(following = lines.len() - base, "hyperplane following");
+            }
+        }
         bank.merge_pass(&tol);
-        let done = bank.estimates.iter().filter(|e| is_complete(e, &alive, p)).count();
+        let done = bank.estimates.iter().filter(|e| is_complete(e, &alive, p, &following)).count();
         on_progress(done.min(width), width);
         tracing::debug!(round, done, width, estimates = bank.estimates.len(), "witness round");
         if done >= width {
             break;
         }
     }
-    out.lines = lines.len();
+    out.lines = following.iter().filter(|f| !**f).count();
     if std::env::var("NETXRAY_DEBUG").is_ok() {
         for e in &bank.estimates {
             eprintln!(
@@ -191,7 +335,7 @@ pub fn recover_layer<O: Oracle + ?Sized>(
                 e.num_rows(),
                 e.residual,
                 e.gap,
-                is_complete(e, &alive, p),
+                is_complete(e, &alive, p, &following),
                 &e.theta[..3.min(e.theta.len())]
             );
         }
@@ -201,18 +345,26 @@ pub fn recover_layer<O: Oracle + ?Sized>(
     let mut cands: Vec<NeuronEstimate> = bank
         .estimates
         .into_iter()
-        .filter(|e| e.lines.len() >= p.min_witnesses && e.residual <= p.null_residual_max)
+        .filter(|e| independent_lines(e, &following) >= p.min_witnesses && e.residual <= p.null_residual_max)
         .collect();
     cands.sort_by(|a, b| {
-        is_complete(b, &alive, p)
-            .cmp(&is_complete(a, &alive, p))
+        is_complete(b, &alive, p, &following)
+            .cmp(&is_complete(a, &alive, p, &following))
             .then(a.residual.total_cmp(&b.residual))
             .then(b.witnesses.cmp(&a.witnesses))
     });
     let mut accepted: Vec<NeuronEstimate> = Vec::new();
     for c in cands {
+        // Same hyperplane: parallel on every coordinate both constrain (a fragment of a neuron that
+        // was completed elsewhere must not take the place of a missing one).
         let dup = accepted.iter().any(|a| {
-            let d = dot(&a.theta, &c.theta) / (norm(&a.theta) * norm(&c.theta));
+            let common: Vec<usize> = (0..dim).filter(|&k| a.known[k] && c.known[k]).collect();
+            if common.len() < p.min_common_coords {
+                return false;
+            }
+            let va: Vec<f64> = common.iter().map(|&k| a.theta[k]).collect();
+            let vc: Vec<f64> = common.iter().map(|&k| c.theta[k]).collect();
+            let d = dot(&va, &vc) / (norm(&va) * norm(&vc));
             d.abs() > 1.0 - 1e-8
         });
         if !dup && accepted.len() < width {
@@ -229,7 +381,7 @@ pub fn recover_layer<O: Oracle + ?Sized>(
             w: e.theta[..dim].to_vec(),
             b: e.theta[dim],
             witnesses: e.witnesses,
-            lines: e.lines.len(),
+            lines: independent_lines(e, &following),
             residual: e.residual,
             unconstrained: (0..dim).filter(|&k| !e.known[k] && alive[k]).collect(),
         })

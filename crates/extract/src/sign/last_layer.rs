@@ -25,39 +25,90 @@ pub fn recover<O: Oracle + ?Sized>(
 ) -> Result<Option<SignOutcome>, ExtractError> {
     let w = layer.fan_out();
     let d0 = known.input_dim;
-    let nfeat = 2 * w + 1;
-    let n = (4 * nfeat).max(256);
+    let n = (4 * (2 * w + 1)).max(320);
     let q0 = oracle.queries();
+    // Several input scales: a neuron whose hyperplane lies far out still changes state on some samples.
+    let scales = [0.5, 1.0, 2.0, 4.0, 8.0];
     let xs: Vec<Vec<f64>> = (0..n)
-        .map(|_| (0..d0).map(|_| sigma * rng.sample::<f64, _>(StandardNormal)).collect())
+        .map(|i| {
+            let s = sigma * scales[i % scales.len()];
+            (0..d0).map(|_| s * rng.sample::<f64, _>(StandardNormal)).collect()
+        })
         .collect();
     let ys = oracle.query_points(&xs)?;
     let hs = known.forward_rows(&xs);
-    let mut f = Mat::<f64>::zeros(n, nfeat);
-    for (i, (_, h)) in hs.iter().enumerate() {
-        for k in 0..w {
-            let z: f64 = (0..layer.fan_in()).map(|c| layer.weight[(k, c)] * h[c]).sum::<f64>() + layer.bias[k];
-            f[(i, k)] = z.max(0.0);
-            f[(i, w + k)] = z;
+    let z: Vec<Vec<f64>> = hs
+        .iter()
+        .map(|(_, h)| {
+            (0..w)
+                .map(|k| (0..layer.fan_in()).map(|c| layer.weight[(k, c)] * h[c]).sum::<f64>() + layer.bias[k])
+                .collect()
+        })
+        .collect();
+    // Neurons that never change state on the samples have a single usable feature (ẑ itself).
+    let state: Vec<i8> = (0..w)
+        .map(|k| {
+            let pos = z.iter().filter(|zi| zi[k] > 0.0).count();
+            if pos == n {
+                1
+            } else if pos == 0 {
+                -1
+            } else {
+                0
+            }
+        })
+        .collect();
+    let mut cols: Vec<(usize, bool)> = Vec::new(); // (neuron, is_relu_feature)
+    for k in 0..w {
+        if state[k] == 0 {
+            cols.push((k, true));
         }
-        f[(i, 2 * w)] = 1.0;
+        cols.push((k, false));
     }
-    // Identifiability: the feature matrix must have full column rank.
+    let nf = cols.len() + 1;
+    let mut f = Mat::<f64>::zeros(n, nf);
+    for i in 0..n {
+        for (j, &(k, relu)) in cols.iter().enumerate() {
+            f[(i, j)] = if relu { z[i][k].max(0.0) } else { z[i][k] };
+        }
+        f[(i, nf - 1)] = 1.0;
+    }
     let (_, smin_rel, _) = null_vector(&f).ok_or_else(|| ExtractError::LayerFailed {
         layer: known.layers.len() + 1,
         reason: "degenerate last-layer sign features".into(),
     })?;
+    if std::env::var("NETXRAY_DEBUG").is_ok() {
+        eprintln!("last-layer: smin_rel {smin_rel:.2e} states {state:?}");
+    }
     if smin_rel < 1e-9 {
         return Ok(None);
     }
     let dout = oracle.output_dim();
     let y = Mat::<f64>::from_fn(n, dout, |i, j| ys[i][j]);
     let c = lstsq(&f, &y);
+    let coef = |j: usize| -> Vec<f64> { (0..dout).map(|o| c[(j, o)]).collect() };
+    let scale_out = (0..n).flat_map(|i| ys[i].iter()).fold(0.0_f64, |m, v| m.max(v.abs()));
     let mut signs = vec![1.0; w];
     let mut conf = vec![0.0; w];
     for k in 0..w {
-        let alpha: Vec<f64> = (0..dout).map(|j| c[(k, j)]).collect();
-        let beta: Vec<f64> = (0..dout).map(|j| c[(w + k, j)]).collect();
+        if state[k] != 0 {
+            // Only the linear feature: non-zero means the neuron is active on the samples.
+            let j = cols.iter().position(|&(kk, r)| kk == k && !r).expect("linear column");
+            let g = norm(&coef(j));
+            let zmax = z.iter().fold(0.0_f64, |m, zi| m.max(zi[k].abs()));
+            let influential = g * zmax > 1e-9 * scale_out.max(f64::MIN_POSITIVE);
+            signs[k] = match (state[k], influential) {
+                (1, true) | (-1, false) => 1.0,
+                _ => -1.0,
+            };
+            // Decided only on the sampled region: report as not confident.
+            conf[k] = 0.5;
+            continue;
+        }
+        let ja = cols.iter().position(|&(kk, r)| kk == k && r).expect("relu column");
+        let jb = cols.iter().position(|&(kk, r)| kk == k && !r).expect("linear column");
+        let alpha = coef(ja);
+        let beta = coef(jb);
         let an = norm(&alpha);
         if an == 0.0 {
             continue;
