@@ -84,6 +84,11 @@ pub fn free_segments_in(known: &KnownPrefix, line: &Line, line_id: usize, t0: f6
         .collect()
 }
 
+/// Identity of an estimate for bookkeeping: the bits of its first anchor point.
+fn est_key(e: &NeuronEstimate) -> Vec<u64> {
+    e.anchors.first().map(|a| a.iter().map(|v| v.to_bits()).collect()).unwrap_or_default()
+}
+
 /// Walks from `anchor` (on the hyperplane of the estimate `theta`) along that hyperplane until unit
 /// `unit` of the known prefix turns active, and returns a short line through the end point along the
 /// estimate's normal, with its half length. Offline: no queries.
@@ -189,6 +194,8 @@ pub fn recover_layer<O: Oracle + ?Sized>(
     let alive = alive_units(known);
     let mut bank = NeuronBank::new(dim);
     let mut lines: Vec<Line> = Vec::new();
+    // Validation verdicts, keyed by the estimate's first anchor (stable across merges of others).
+    let mut validated: std::collections::HashMap<Vec<u64>, bool> = std::collections::HashMap::new();
     // Per line: was it a hyperplane-following line (local, not independent evidence)?
     let mut following: Vec<bool> = Vec::new();
     let mut out = LayerSignatures {
@@ -317,7 +324,29 @@ pub fn recover_layer<O: Oracle + ?Sized>(
             }
         }
         bank.merge_pass(&tol);
-        let done = bank.estimates.iter().filter(|e| is_complete(e, &alive, p, &following)).count();
+        // Validate newly complete estimates by prediction: a real neuron of this layer has a kink
+        // exactly where its hyperplane meets a fresh random line; a deeper unit's local piece (which
+        // can masquerade as a neuron inside one activation region) does not.
+        let fresh: Vec<usize> = (0..bank.estimates.len())
+            .filter(|&i| validated.get(&est_key(&bank.estimates[i])).is_none() && is_complete(&bank.estimates[i], &alive, p, &following))
+            .collect();
+        if !fresh.is_empty() {
+            let mut sub: Vec<NeuronEstimate> = fresh.iter().map(|&i| bank.estimates[i].clone()).collect();
+            let q0 = oracle.queries();
+            let tally = refine(oracle, known, &mut sub, p, rng, half, search_tol)?;
+            out.refine_queries += oracle.queries() - q0;
+            for ((&i, e), (placed, confirmed)) in fresh.iter().zip(sub).zip(tally) {
+                let ok = confirmed >= 1 && 2 * confirmed >= placed;
+                bank.estimates[i] = e;
+                validated.insert(est_key(&bank.estimates[i]), ok);
+            }
+            bank.estimates.retain(|e| validated.get(&est_key(e)) != Some(&false));
+        }
+        let done = bank
+            .estimates
+            .iter()
+            .filter(|e| validated.get(&est_key(e)) == Some(&true) && is_complete(e, &alive, p, &following))
+            .count();
         on_progress(done.min(width), width);
         tracing::debug!(round, done, width, estimates = bank.estimates.len(), "witness round");
         if done >= width {
@@ -347,9 +376,11 @@ pub fn recover_layer<O: Oracle + ?Sized>(
         .into_iter()
         .filter(|e| independent_lines(e, &following) >= p.min_witnesses && e.residual <= p.null_residual_max)
         .collect();
+    cands.retain(|e| validated.get(&est_key(e)) != Some(&false));
     cands.sort_by(|a, b| {
-        is_complete(b, &alive, p, &following)
-            .cmp(&is_complete(a, &alive, p, &following))
+        (validated.get(&est_key(b)) == Some(&true))
+            .cmp(&(validated.get(&est_key(a)) == Some(&true)))
+            .then(is_complete(b, &alive, p, &following).cmp(&is_complete(a, &alive, p, &following)))
             .then(a.residual.total_cmp(&b.residual))
             .then(b.witnesses.cmp(&a.witnesses))
     });
@@ -399,9 +430,10 @@ fn refine<O: Oracle + ?Sized>(
     rng: &mut ChaCha20Rng,
     half: f64,
     search_tol: SearchTol,
-) -> Result<(), ExtractError> {
+) -> Result<Vec<(usize, usize)>, ExtractError> {
+    let mut tally = vec![(0usize, 0usize); est.len()];
     if p.refine_points == 0 || est.is_empty() {
-        return Ok(());
+        return Ok(tally);
     }
     let dim = known.out_dim();
     let d0 = known.input_dim;
@@ -430,6 +462,7 @@ fn refine<O: Oracle + ?Sized>(
                         lines.push(line.clone());
                         segs.push((li, t - w, t + w));
                         owner.push((ei, t));
+                        tally[ei].0 += 1;
                         placed += 1;
                         break;
                     }
@@ -456,8 +489,9 @@ fn refine<O: Oracle + ?Sized>(
             trial.solve();
             if trial.residual <= p.null_residual_max {
                 est[ei] = trial;
+                tally[ei].1 += 1;
             }
         }
     }
-    Ok(())
+    Ok(tally)
 }

@@ -37,34 +37,26 @@ pub fn recover<O: Oracle + ?Sized>(
         layers: known.layers.iter().cloned().chain(std::iter::once(layer.clone())).collect(),
         input_dim: d0,
     };
-    let eye = Mat::<f64>::identity(d0, d0);
-    for _ in 0..points.max(1) * 4 {
+    for attempt in 0..points.max(1) * 4 {
         if usable >= points && (0..w).all(|k| plus[k] + minus[k] >= min_votes) {
             break;
         }
-        let x: Vec<f64> = (0..d0).map(|_| sigma * rng.sample::<f64, _>(StandardNormal)).collect();
-        let st = with_layer.local(&x, &eye);
-        let z = st.pre.last().expect("layer").clone();
-        let zgrad = st.dpre.last().expect("layer"); // w × d0
-        let Some((pinv, cond)) = right_pinv(zgrad) else { continue };
-        if cond < 1e-8 {
-            continue;
-        }
-        let mut dirs = Mat::<f64>::zeros(d0, w);
-        let mut scale = vec![0.0; w];
-        for k in 0..w {
-            let nk = (0..d0).map(|i| pinv[(i, k)].powi(2)).sum::<f64>().sqrt();
-            scale[k] = nk;
-            for i in 0..d0 {
-                dirs[(i, k)] = pinv[(i, k)] / nk;
+        // Random points first; when they lack control rank, points where more earlier units fire.
+        let x0: Vec<f64> = (0..d0).map(|_| sigma * rng.sample::<f64, _>(StandardNormal)).collect();
+        let Some((x, dirs, scale, z)) = full_rank_probe(&with_layer, x0, attempt >= points) else {
+            if std::env::var("NETXRAY_DEBUG").is_ok() {
+                eprintln!("soe: no full-rank probe (attempt {attempt})");
             }
+            continue;
+        };
+        let m = with_layer.margin(&x, &dirs);
+        if std::env::var("NETXRAY_DEBUG").is_ok() {
+            eprintln!("soe: margin {m:.3e}");
         }
-        // Stay inside the region of every known neuron and of this layer's neurons.
-        let eps = 0.5 * with_layer.margin(&x, &dirs);
+        let eps = (0.5 * m).min(sigma);
         if !(eps.is_finite() && eps > 0.0) {
             continue;
         }
-        let eps = eps.min(sigma);
         let mut pts = vec![x.clone()];
         for k in 0..w {
             let d: Vec<f64> = (0..d0).map(|i| dirs[(i, k)] * eps).collect();
@@ -73,32 +65,29 @@ pub fn recover<O: Oracle + ?Sized>(
         }
         let ys = oracle.query_points(&pts)?;
         let f0 = &ys[0];
-        let mut resp = vec![0.0; w];
-        let mut ok = true;
+        let mut resp = vec![None; w];
         for k in 0..w {
             let (yp, ym) = (&ys[1 + 2 * k], &ys[2 + 2 * k]);
             let sc = f0.iter().chain(yp).chain(ym).fold(0.0_f64, |m, v| m.max(v.abs()));
             let dev = (0..f0.len()).fold(0.0_f64, |m, i| m.max((yp[i] + ym[i] - 2.0 * f0[i]).abs()));
+            // A deeper unit flipped inside the stencil: no vote from this direction.
             if dev > rel_tol * sc.max(f64::MIN_POSITIVE) {
-                ok = false;
-                break;
+                continue;
             }
             // Response per unit of ẑ_k.
             let d: Vec<f64> = (0..f0.len()).map(|i| (yp[i] - ym[i]) / (2.0 * eps) * scale[k]).collect();
-            resp[k] = norm(&d);
-        }
-        if !ok {
-            continue;
+            resp[k] = Some(norm(&d));
         }
         usable += 1;
-        let big = resp.iter().cloned().fold(0.0, f64::max);
+        let big = resp.iter().flatten().cloned().fold(0.0, f64::max);
         if big == 0.0 {
             continue;
         }
         let sc = f0.iter().fold(0.0_f64, |m, v| m.max(v.abs())).max(big * eps);
         for k in 0..w {
+            let Some(r) = resp[k] else { continue };
             // Non-zero beyond rounding: rounding of a difference quotient is ~1e-16·|f|/eps.
-            if resp[k] * eps / scale[k] > 1e3 * f64::EPSILON * sc && resp[k] > 1e-9 * big {
+            if r * eps / scale[k] > 1e3 * f64::EPSILON * sc && r > 1e-9 * big {
                 if z[k] > 0.0 {
                     plus[k] += 1;
                 } else {
@@ -128,4 +117,70 @@ pub fn recover<O: Oracle + ?Sized>(
         confidence: conf,
         queries: oracle.queries() - q0,
     }))
+}
+
+/// Probe point where the recovered layer has full control rank: `Z = Ŵ J` (input-space gradients of the
+/// layer's pre-activations) of full row rank. Returns the point, unit directions `v_k ∝ Z⁺ e_k`, their
+/// norms `|Z⁺ e_k|`, and the pre-activations. With `climb`, first moves the point (offline) so that
+/// inactive earlier units turn on, since control rank is the number of active units.
+fn full_rank_probe(
+    with_layer: &KnownPrefix,
+    mut x: Vec<f64>,
+    climb: bool,
+) -> Option<(Vec<f64>, Mat<f64>, Vec<f64>, Vec<f64>)> {
+    let d0 = with_layer.input_dim;
+    let eye = Mat::<f64>::identity(d0, d0);
+    let nl = with_layer.layers.len();
+    for _ in 0..if climb { 24 } else { 1 } {
+        let st = with_layer.local(&x, &eye);
+        let zgrad = st.dpre.last().expect("layer");
+        if let Some((pinv, cond)) = right_pinv(zgrad)
+            && cond > 1e-8
+        {
+            let w = zgrad.nrows();
+            let mut dirs = Mat::<f64>::zeros(d0, w);
+            let mut scale = vec![0.0; w];
+            for k in 0..w {
+                let nk = (0..d0).map(|i| pinv[(i, k)].powi(2)).sum::<f64>().sqrt();
+                scale[k] = nk;
+                for i in 0..d0 {
+                    dirs[(i, k)] = pinv[(i, k)] / nk;
+                }
+            }
+            return Some((x, dirs, scale, st.pre.last().expect("layer").clone()));
+        }
+        if std::env::var("NETXRAY_DEBUG").is_ok() {
+            eprintln!("soe probe: pinv {:?}", right_pinv(zgrad).map(|p| p.1));
+        }
+        if !climb {
+            return None;
+        }
+        // Gauss-Newton step pushing every inactive unit of the earlier layers to a small positive value.
+        let mut rows: Vec<Vec<f64>> = Vec::new();
+        let mut rhs: Vec<f64> = Vec::new();
+        for l in 0..nl - 1 {
+            for u in 0..st.pre[l].len() {
+                let g: Vec<f64> = (0..d0).map(|c| st.dpre[l][(u, c)]).collect();
+                let gn = norm(&g);
+                if st.pre[l][u] <= 0.0 && gn > 0.0 {
+                    rows.push(g);
+                    rhs.push(0.1 * gn - st.pre[l][u]);
+                }
+            }
+        }
+        if rows.is_empty() {
+            return None;
+        }
+        let a = Mat::<f64>::from_fn(rows.len(), d0, |i, j| rows[i][j]);
+        let dx = if rows.len() <= d0 {
+            let (p, _) = right_pinv(&a)?;
+            (0..d0).map(|i| (0..rows.len()).map(|j| p[(i, j)] * rhs[j]).sum::<f64>()).collect::<Vec<f64>>()
+        } else {
+            let b = Mat::<f64>::from_fn(rows.len(), 1, |i, _| rhs[i]);
+            let sol = crate::linalg::lstsq(&a, &b);
+            (0..d0).map(|i| sol[(i, 0)]).collect()
+        };
+        x.iter_mut().zip(&dx).for_each(|(xi, d)| *xi += d);
+    }
+    None
 }
