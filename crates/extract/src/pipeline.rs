@@ -6,7 +6,7 @@ use crate::layer::recover_layer;
 use crate::oracle::{CountingOracle, Oracle};
 use crate::output::fit_output;
 use crate::params::ExtractParams;
-use crate::sign::{SignOutcome, last_layer, soe};
+use crate::sign::{SignOutcome, last_layer, soe, wiggle};
 use faer::Mat;
 use netxray_relu::{Arch, Layer, Network};
 use rand::SeedableRng;
@@ -171,7 +171,7 @@ fn sign_layer<O: Oracle + ?Sized>(
     if is_last_hidden && let Some(s) = last_layer::recover(oracle, known, layer, p.origin_scale, rng)? {
         return Ok(s);
     }
-    if let Some(s) = soe::recover(
+    let soe_out = soe::recover(
         oracle,
         known,
         layer,
@@ -180,17 +180,26 @@ fn sign_layer<O: Oracle + ?Sized>(
         p.origin_scale,
         p.linearity_rel_tol,
         rng,
-    )? {
-        return Ok(s);
+    )?;
+    if let Some(s) = &soe_out
+        && s.low_confidence(p.sign_confidence_min).is_empty()
+    {
+        return Ok(s.clone());
     }
-    // No polynomial method applies (expansive layer that is not the last hidden one): keep the signs as
-    // recovered and say so with zero confidence rather than pretend.
-    Ok(SignOutcome {
-        method: "none (expansive layer; not yet supported)",
-        signs: vec![1.0; layer.fan_out()],
-        confidence: vec![0.0; layer.fan_out()],
-        queries: 0,
-    })
+    // Expansive layer (or neurons SOE could not isolate): neuron wiggle; keep SOE's answer where it
+    // was more confident.
+    let mut wig = wiggle::recover(oracle, known, layer, p.wiggle_samples, p.sign_confidence_min, p.origin_scale, rng)?;
+    if let Some(s) = soe_out {
+        for k in 0..wig.signs.len() {
+            if s.confidence[k] > wig.confidence[k] {
+                wig.signs[k] = s.signs[k];
+                wig.confidence[k] = s.confidence[k];
+            }
+        }
+        wig.queries += s.queries;
+        wig.method = "soe-exact + neuron-wiggle";
+    }
+    Ok(wig)
 }
 
 /// Runs the whole attack against `oracle` for a network of architecture `arch`.
