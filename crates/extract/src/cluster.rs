@@ -33,6 +33,8 @@ pub struct NeuronEstimate {
     pub gap: f64,
     /// A few input points on this neuron's hyperplane (measured witnesses), for hyperplane following.
     pub anchors: Vec<Vec<f64>>,
+    /// Rows were added since the last solve.
+    dirty: bool,
 }
 
 /// Anchors kept per estimate.
@@ -54,6 +56,7 @@ impl NeuronEstimate {
             residual: 1.0,
             gap: 0.0,
             anchors: Vec::new(),
+            dirty: false,
         }
     }
 
@@ -70,6 +73,7 @@ impl NeuronEstimate {
         }
         self.lines.insert(line);
         self.witnesses += 1;
+        self.dirty = true;
     }
 
     /// Adds a measured witness (signature rows and its hyperplane row).
@@ -109,6 +113,16 @@ impl NeuronEstimate {
         let cols: Vec<usize> = (0..dim).filter(|&c| self.known[c]).chain(std::iter::once(dim)).collect();
         if self.rows.is_empty() {
             return;
+        }
+        self.dirty = false;
+        // Keep memory and solve time bounded: many rows are replaced by the triangular factor of their
+        // QR decomposition, which has the same Gram matrix (same singular values and null space).
+        let p = dim + 1;
+        if self.rows.len() > 2 * p {
+            let all = Mat::<f64>::from_fn(self.rows.len(), p, |i, j| self.rows[i][j]);
+            let qr = all.qr();
+            let r = qr.R();
+            self.rows = (0..r.nrows().min(p)).map(|i| (0..p).map(|j| r[(i, j)]).collect()).collect();
         }
         let m = Mat::<f64>::from_fn(self.rows.len(), cols.len(), |i, j| self.rows[i][cols[j]]);
         if let Some((x, res, gap)) = null_vector(&m) {
@@ -228,20 +242,24 @@ impl NeuronBank {
             }
         }
         if let Some((i, _)) = best {
-            let mut trial = self.estimates[i].clone();
-            trial.add_point(h, line);
-            trial.solve();
-            if trial.residual <= tol.residual_max {
-                self.estimates[i] = trial;
-                return true;
-            }
+            // The plane test is as tight as the residual bound, so the joint solve can wait.
+            self.estimates[i].add_point(h, line);
+            return true;
         }
         false
+    }
+
+    /// Re-solves every estimate that gained rows since its last solve.
+    pub fn solve_dirty(&mut self) {
+        for e in self.estimates.iter_mut().filter(|e| e.dirty) {
+            e.solve();
+        }
     }
 
     /// Merges pairs of estimates that agree on their shared known coordinates and stay consistent when
     /// joined (pieces of one neuron whose witnesses never shared enough active units).
     pub fn merge_pass(&mut self, tol: &BankTol) {
+        self.solve_dirty();
         let mut i = 0;
         while i < self.estimates.len() {
             let mut j = i + 1;

@@ -14,8 +14,9 @@ use rand_distr::StandardNormal;
 use serde::Serialize;
 
 /// Relative distance below which a critical point is taken to lie on an estimate's hyperplane.
-/// Single-witness estimates are accurate to ~1e-9; points of other neurons sit O(1) away.
-pub const PLANE_TOL: f64 = 1e-6;
+/// Single-witness estimates are accurate to ~1e-10; points of other neurons sit O(1) away. Equal to the
+/// default null-space residual bound, so an attached point cannot spoil the joint solve.
+pub const PLANE_TOL: f64 = 1e-8;
 
 /// One recovered (unsigned) neuron.
 #[derive(Debug, Clone, Serialize)]
@@ -267,6 +268,7 @@ pub fn recover_layer<O: Oracle + ?Sized>(
                     to_measure.push(cp.clone());
                 }
             }
+            bank.solve_dirty();
             let q0 = oracle.queries();
             let ws = measure(oracle, known, &lines, &to_measure, stencil)?;
             out.signature_queries += oracle.queries() - q0;
@@ -482,16 +484,16 @@ fn refine<O: Oracle + ?Sized>(
         {
             let x = lines[c.line].at(c.t);
             let (_, h) = known.forward_rows(std::slice::from_ref(&x)).pop().expect("one row");
-            // Another neuron's kink can sit next to the prediction: keep the point only if the
-            // constraints stay consistent.
-            let mut trial = est[ei].clone();
-            trial.add_point(&h, usize::MAX - si);
-            trial.solve();
-            if trial.residual <= p.null_residual_max {
-                est[ei] = trial;
+            // Another neuron's kink can sit next to the prediction: keep the point only if it lies on
+            // the estimate's hyperplane to within the residual bound.
+            if est[ei].plane_distance(&h).is_some_and(|d| d <= p.null_residual_max) {
+                est[ei].add_point(&h, usize::MAX - si);
                 tally[ei].1 += 1;
             }
         }
+    }
+    for e in est.iter_mut() {
+        e.solve();
     }
     Ok(tally)
 }

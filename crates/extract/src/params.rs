@@ -105,7 +105,7 @@ impl Default for ExtractParamsBuilder {
                 min_common_coords: 2,
                 null_residual_max: 1e-8,
                 null_gap_min: 1e-7,
-                stencil_eps: 1e-3,
+                stencil_eps: 1e-1,
                 stencil_shrink: 0.1,
                 stencil_tries: 5,
                 refine_points: 8,
