@@ -42,7 +42,8 @@ pub struct ExtractArgs {
 
 /// Runs `extract`.
 pub fn run(a: ExtractArgs) -> Result<()> {
-    let net = load_network(&a.target).with_context(|| format!("cannot load target {}", a.target.display()))?;
+    let net = load_network(&a.target)
+        .with_context(|| format!("cannot load target {}", a.target.display()))?;
     let arch = a.arch.clone().unwrap_or_else(|| net.arch());
     if arch.input_dim() != net.input_dim() || arch.output_dim() != net.output_dim() {
         bail!(
@@ -64,9 +65,11 @@ pub fn run(a: ExtractArgs) -> Result<()> {
     }
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{prefix:>9} [{bar:30}] {pos}/{len} neurons {msg} ({elapsed})")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{prefix:>9} [{bar:30}] {pos}/{len} neurons {msg} ({elapsed})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     let result = extract(&oracle, &arch, &params, |ev| match ev {
         ProgressEvent::LayerStart { layer, width } => {
@@ -82,14 +85,18 @@ pub fn run(a: ExtractArgs) -> Result<()> {
     bar.finish_and_clear();
     let (ex, failure) = match result {
         Ok(ex) => (ex, None),
-        Err(ExtractError::VerificationFailed { rel_error, extraction }) => (*extraction, Some(rel_error)),
+        Err(ExtractError::VerificationFailed {
+            rel_error,
+            extraction,
+        }) => (*extraction, Some(rel_error)),
         Err(e) => return Err(e.into()),
     };
     save_network(&a.out, &ex.network, SaveDtype::F64)
         .with_context(|| format!("cannot write {}", a.out.display()))?;
     if let Some(path) = &a.report {
         let json = serde_json::to_string_pretty(&ex.report)?;
-        write_atomic(path, json.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+        write_atomic(path, json.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     let r = &ex.report;
     println!("architecture: {}", r.arch);
@@ -108,12 +115,21 @@ pub fn run(a: ExtractArgs) -> Result<()> {
             l.seconds.signatures + l.seconds.sign
         );
     }
-    println!("output layer: {} queries, fit residual {:.3e}", r.output_queries, r.output_fit_residual);
+    println!(
+        "output layer: {} queries, fit residual {:.3e}",
+        r.output_queries, r.output_fit_residual
+    );
     println!("total queries: {}", r.total_queries);
     println!("wall time: {:.2}s", r.wall_seconds);
-    println!("verification (fresh queries): max |f - f^| / max |f| = {:.3e}", r.verify_rel_error);
+    println!(
+        "verification (fresh queries): max |f - f^| / max |f| = {:.3e}",
+        r.verify_rel_error
+    );
     if !r.low_confidence_signs.is_empty() {
-        println!("low-confidence signs (layer, neuron): {:?}", r.low_confidence_signs);
+        println!(
+            "low-confidence signs (layer, neuron): {:?}",
+            r.low_confidence_signs
+        );
     }
     if let Some(rel) = failure {
         bail!(
@@ -125,13 +141,23 @@ pub fn run(a: ExtractArgs) -> Result<()> {
 }
 
 fn rayon_pool(threads: usize) -> Result<()> {
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()?;
     Ok(())
 }
 
 fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("report")));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("report")
+    ));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
 }

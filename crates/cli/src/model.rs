@@ -65,9 +65,19 @@ fn load(p: &PathBuf) -> Result<Network> {
 /// `model new`.
 pub fn new(a: NewArgs) -> Result<()> {
     let net = Network::random(&a.arch, a.init, a.seed);
-    let dtype = if a.f32 { SaveDtype::F32 } else { SaveDtype::F64 };
-    save_network(&a.out, &net, dtype).with_context(|| format!("cannot write {}", a.out.display()))?;
-    println!("wrote {} ({}, {} parameters)", a.out.display(), net.arch(), net.num_params());
+    let dtype = if a.f32 {
+        SaveDtype::F32
+    } else {
+        SaveDtype::F64
+    };
+    save_network(&a.out, &net, dtype)
+        .with_context(|| format!("cannot write {}", a.out.display()))?;
+    println!(
+        "wrote {} ({}, {} parameters)",
+        a.out.display(),
+        net.arch(),
+        net.num_params()
+    );
     Ok(())
 }
 
@@ -79,7 +89,10 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         .iter()
         .enumerate()
         .map(|(i, l)| {
-            let ws: Vec<f64> = (0..l.fan_out()).flat_map(|r| (0..l.fan_in()).map(move |c| (r, c))).map(|(r, c)| l.weight[(r, c)]).collect();
+            let ws: Vec<f64> = (0..l.fan_out())
+                .flat_map(|r| (0..l.fan_in()).map(move |c| (r, c)))
+                .map(|(r, c)| l.weight[(r, c)])
+                .collect();
             let maxabs = ws.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
             let meanabs = ws.iter().map(|v| v.abs()).sum::<f64>() / ws.len() as f64;
             let zeros = ws.iter().filter(|v| **v == 0.0).count();
@@ -101,8 +114,13 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
     for l in layers {
         println!(
             "  layers.{}: [{}, {}]  |w| max {:.4} mean {:.4}  zeros {}  |b| max {:.4}",
-            l["layer"], l["shape"][0], l["shape"][1], l["weight_max_abs"].as_f64().unwrap_or(0.0),
-            l["weight_mean_abs"].as_f64().unwrap_or(0.0), l["weight_zeros"], l["bias_max_abs"].as_f64().unwrap_or(0.0)
+            l["layer"],
+            l["shape"][0],
+            l["shape"][1],
+            l["weight_max_abs"].as_f64().unwrap_or(0.0),
+            l["weight_mean_abs"].as_f64().unwrap_or(0.0),
+            l["weight_zeros"],
+            l["bias_max_abs"].as_f64().unwrap_or(0.0)
         );
     }
     Ok(())
@@ -111,13 +129,23 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
 /// `model compare`.
 pub fn compare(a: CompareArgs) -> Result<()> {
     let (t, c) = (load(&a.truth)?, load(&a.candidate)?);
-    let r = compare_nets(&t, &c, &CompareOptions { samples: a.samples, seed: a.seed })?;
+    let r = compare_nets(
+        &t,
+        &c,
+        &CompareOptions {
+            samples: a.samples,
+            seed: a.seed,
+        },
+    )?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
     }
     println!("architecture: {}", r.arch);
-    println!("max |dtheta|: {:.3e} ({:.1} bits) at {}", r.max_param_error, r.param_bits, r.worst_tensor);
+    println!(
+        "max |dtheta|: {:.3e} ({:.1} bits) at {}",
+        r.max_param_error, r.param_bits, r.worst_tensor
+    );
     println!(
         "max |f - f^|: {:.3e} ({:.1} bits), relative {:.3e}, on {} inputs",
         r.max_output_error, r.output_bits, r.max_output_error_rel, r.samples

@@ -91,7 +91,9 @@ impl NeuronEstimate {
                 }
             }
             for k in 0..r {
-                let mut row: Vec<f64> = (0..dim).map(|c| w.a_rows[(k, c)] - yh[k] * proj[c]).collect();
+                let mut row: Vec<f64> = (0..dim)
+                    .map(|c| w.a_rows[(k, c)] - yh[k] * proj[c])
+                    .collect();
                 row.push(0.0);
                 if let Some(u) = unit(row) {
                     self.rows.push(u);
@@ -110,7 +112,10 @@ impl NeuronEstimate {
     /// Re-solves the null vector on the known coordinates (others are set to 0).
     pub fn solve(&mut self) {
         let dim = self.dim();
-        let cols: Vec<usize> = (0..dim).filter(|&c| self.known[c]).chain(std::iter::once(dim)).collect();
+        let cols: Vec<usize> = (0..dim)
+            .filter(|&c| self.known[c])
+            .chain(std::iter::once(dim))
+            .collect();
         if self.rows.is_empty() {
             return;
         }
@@ -122,7 +127,9 @@ impl NeuronEstimate {
             let all = Mat::<f64>::from_fn(self.rows.len(), p, |i, j| self.rows[i][j]);
             let qr = all.qr();
             let r = qr.R();
-            self.rows = (0..r.nrows().min(p)).map(|i| (0..p).map(|j| r[(i, j)]).collect()).collect();
+            self.rows = (0..r.nrows().min(p))
+                .map(|i| (0..p).map(|j| r[(i, j)]).collect())
+                .collect();
         }
         let m = Mat::<f64>::from_fn(self.rows.len(), cols.len(), |i, j| self.rows[i][cols[j]]);
         if let Some((x, res, gap)) = null_vector(&m) {
@@ -144,7 +151,10 @@ impl NeuronEstimate {
     /// or `None` when `h` has active units this estimate does not constrain.
     pub fn plane_distance(&self, h: &[f64]) -> Option<f64> {
         let dim = self.dim();
-        if h.iter().enumerate().any(|(k, &v)| v != 0.0 && !self.known[k]) {
+        if h.iter()
+            .enumerate()
+            .any(|(k, &v)| v != 0.0 && !self.known[k])
+        {
             return None;
         }
         let z = dot(&self.theta[..dim], h) + self.theta[dim];
@@ -172,7 +182,12 @@ impl NeuronEstimate {
             return false;
         }
         let s = if dot(&a, &b) >= 0.0 { 1.0 } else { -1.0 };
-        let diff = a.iter().zip(&b).map(|(x, y)| (x / na - s * y / nb).powi(2)).sum::<f64>().sqrt();
+        let diff = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x / na - s * y / nb).powi(2))
+            .sum::<f64>()
+            .sqrt();
         diff <= tol
     }
 
@@ -265,7 +280,9 @@ impl NeuronBank {
             let mut j = i + 1;
             while j < self.estimates.len() {
                 let (a, b) = (&self.estimates[i], &self.estimates[j]);
-                let common: Vec<usize> = (0..self.dim).filter(|&k| a.known[k] && b.known[k]).collect();
+                let common: Vec<usize> = (0..self.dim)
+                    .filter(|&k| a.known[k] && b.known[k])
+                    .collect();
                 let mut merged = false;
                 if common.len() >= tol.min_common {
                     let va: Vec<f64> = common.iter().map(|&k| a.theta[k]).collect();
@@ -273,7 +290,12 @@ impl NeuronBank {
                     let (na, nb) = (norm(&va), norm(&vb));
                     if na > 0.0 && nb > 0.0 {
                         let s = if dot(&va, &vb) >= 0.0 { 1.0 } else { -1.0 };
-                        let diff = va.iter().zip(&vb).map(|(x, y)| (x / na - s * y / nb).powi(2)).sum::<f64>().sqrt();
+                        let diff = va
+                            .iter()
+                            .zip(&vb)
+                            .map(|(x, y)| (x / na - s * y / nb).powi(2))
+                            .sum::<f64>()
+                            .sqrt();
                         if diff <= tol.cluster_tol {
                             let mut trial = a.clone();
                             trial.absorb(b.clone());
@@ -303,7 +325,11 @@ impl NeuronBank {
         } else {
             // Partial witness: only the hyperplane test can place it.
             (0..self.estimates.len())
-                .filter(|&i| self.estimates[i].plane_distance(&w.h).is_some_and(|d| d <= tol.plane_tol))
+                .filter(|&i| {
+                    self.estimates[i]
+                        .plane_distance(&w.h)
+                        .is_some_and(|d| d <= tol.plane_tol)
+                })
                 .take(1)
                 .collect()
         };

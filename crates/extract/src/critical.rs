@@ -23,7 +23,11 @@ pub struct Line {
 impl Line {
     /// The point at parameter `t`.
     pub fn at(&self, t: f64) -> Vec<f64> {
-        self.origin.iter().zip(&self.dir).map(|(o, d)| o + t * d).collect()
+        self.origin
+            .iter()
+            .zip(&self.dir)
+            .map(|(o, d)| o + t * d)
+            .collect()
     }
 }
 
@@ -78,7 +82,10 @@ fn scale_of(vals: &[&[f64]]) -> f64 {
             s = s.max(x.abs());
         }
     }
-    let spread = vals.iter().skip(1).fold(0.0_f64, |m, v| m.max(max_abs_diff(v, vals[0])));
+    let spread = vals
+        .iter()
+        .skip(1)
+        .fold(0.0_f64, |m, v| m.max(max_abs_diff(v, vals[0])));
     s + spread + f64::MIN_POSITIVE
 }
 
@@ -137,8 +144,17 @@ pub fn find_critical_points<O: Oracle + ?Sized>(
                 continue;
             }
             // Two-piece model: left through (a, q1), right through (q3, b).
-            let sl: Vec<f64> = f1.iter().zip(&iv.fa).map(|(x, y)| (x - y) / (q1 - iv.a)).collect();
-            let sr: Vec<f64> = iv.fb.iter().zip(&f3).map(|(x, y)| (x - y) / (iv.b - q3)).collect();
+            let sl: Vec<f64> = f1
+                .iter()
+                .zip(&iv.fa)
+                .map(|(x, y)| (x - y) / (q1 - iv.a))
+                .collect();
+            let sr: Vec<f64> = iv
+                .fb
+                .iter()
+                .zip(&f3)
+                .map(|(x, y)| (x - y) / (iv.b - q3))
+                .collect();
             let jump: Vec<f64> = sr.iter().zip(&sl).map(|(r, l)| r - l).collect();
             let c = (0..jump.len())
                 .max_by(|&i, &j| jump[i].abs().total_cmp(&jump[j].abs()))
@@ -153,9 +169,17 @@ pub fn find_critical_points<O: Oracle + ?Sized>(
                 if t_star.is_finite() && t_star > q1 + guard && t_star < q3 - guard {
                     let pred = |t: f64| -> Vec<f64> {
                         if t <= t_star {
-                            iv.fa.iter().zip(&sl).map(|(f, s)| f + s * (t - iv.a)).collect()
+                            iv.fa
+                                .iter()
+                                .zip(&sl)
+                                .map(|(f, s)| f + s * (t - iv.a))
+                                .collect()
                         } else {
-                            iv.fb.iter().zip(&sr).map(|(f, s)| f + s * (t - iv.b)).collect()
+                            iv.fb
+                                .iter()
+                                .zip(&sr)
+                                .map(|(f, s)| f + s * (t - iv.b))
+                                .collect()
                         }
                     };
                     if max_abs_diff(&iv.fm, &pred(iv.m)) <= eps {
@@ -240,11 +264,15 @@ mod tests {
             rel_tol: 1e-10,
             min_interval_rel: 1e-12,
         };
-        let cps = find_critical_points(&co, std::slice::from_ref(&line), &[(0, -50.0, 50.0)], tol).unwrap();
+        let cps = find_critical_points(&co, std::slice::from_ref(&line), &[(0, -50.0, 50.0)], tol)
+            .unwrap();
         // Ground truth: zeros of each hidden pre-activation along the line.
         let mut truth: Vec<f64> = (0..9)
             .filter_map(|r| {
-                let z0: f64 = (0..6).map(|c| w.weight[(r, c)] * line.origin[c]).sum::<f64>() + w.bias[r];
+                let z0: f64 = (0..6)
+                    .map(|c| w.weight[(r, c)] * line.origin[c])
+                    .sum::<f64>()
+                    + w.bias[r];
                 let z1: f64 = (0..6).map(|c| w.weight[(r, c)] * line.dir[c]).sum();
                 let t = -z0 / z1;
                 (t.abs() < 50.0).then_some(t)

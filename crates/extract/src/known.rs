@@ -40,7 +40,10 @@ impl KnownPrefix {
 
     /// Width of the output of the known prefix (`d0` when empty).
     pub fn out_dim(&self) -> usize {
-        self.layers.last().map(|l| l.fan_out()).unwrap_or(self.input_dim)
+        self.layers
+            .last()
+            .map(|l| l.fan_out())
+            .unwrap_or(self.input_dim)
     }
 
     /// Forward pass with derivatives along the columns of `dirs` (`d0 × m`), ReLU pattern taken at `x`.
@@ -58,7 +61,11 @@ impl KnownPrefix {
                 }
                 z[r] += s;
             }
-            let dz = if dh.ncols() > 0 { &l.weight * &dh } else { Mat::zeros(l.fan_out(), 0) };
+            let dz = if dh.ncols() > 0 {
+                &l.weight * &dh
+            } else {
+                Mat::zeros(l.fan_out(), 0)
+            };
             let mut hn = z.clone();
             let mut dhn = dz.clone();
             for r in 0..hn.len() {
@@ -119,7 +126,10 @@ impl KnownPrefix {
         let mut m = f64::INFINITY;
         for (z, dz) in st.pre.iter().zip(&st.dpre) {
             for r in 0..z.len() {
-                let g: f64 = (0..dz.ncols()).map(|c| dz[(r, c)].powi(2)).sum::<f64>().sqrt();
+                let g: f64 = (0..dz.ncols())
+                    .map(|c| dz[(r, c)].powi(2))
+                    .sum::<f64>()
+                    .sqrt();
                 if g > 0.0 {
                     m = m.min(z[r].abs() / g);
                 }
@@ -183,7 +193,11 @@ mod tests {
         for t in ks {
             let x: Vec<f64> = o.iter().zip(&d).map(|(a, b)| a + t * b).collect();
             let st = kp.local(&x, &empty);
-            let m = st.pre.iter().flatten().fold(f64::INFINITY, |m, z| m.min(z.abs()));
+            let m = st
+                .pre
+                .iter()
+                .flatten()
+                .fold(f64::INFINITY, |m, z| m.min(z.abs()));
             assert!(m < 1e-9, "no neuron at zero: {m}");
         }
     }

@@ -60,20 +60,35 @@ pub struct LayerSignatures {
 
 /// A random line through the data region.
 pub fn random_line(rng: &mut ChaCha20Rng, d0: usize, sigma: f64) -> Line {
-    let origin: Vec<f64> = (0..d0).map(|_| sigma * rng.sample::<f64, _>(StandardNormal)).collect();
-    let mut dir: Vec<f64> = (0..d0).map(|_| rng.sample::<f64, _>(StandardNormal)).collect();
+    let origin: Vec<f64> = (0..d0)
+        .map(|_| sigma * rng.sample::<f64, _>(StandardNormal))
+        .collect();
+    let mut dir: Vec<f64> = (0..d0)
+        .map(|_| rng.sample::<f64, _>(StandardNormal))
+        .collect();
     let n = norm(&dir);
     dir.iter_mut().for_each(|v| *v /= n);
     Line { origin, dir }
 }
 
 /// Splits `[-L, L]` at the known kinks of the line, leaving a small margin around each.
-pub fn free_segments(known: &KnownPrefix, line: &Line, line_id: usize, half: f64) -> Vec<(usize, f64, f64)> {
+pub fn free_segments(
+    known: &KnownPrefix,
+    line: &Line,
+    line_id: usize,
+    half: f64,
+) -> Vec<(usize, f64, f64)> {
     free_segments_in(known, line, line_id, -half, half)
 }
 
 /// Splits `[t0, t1]` at the known kinks of the line, leaving a small margin around each.
-pub fn free_segments_in(known: &KnownPrefix, line: &Line, line_id: usize, t0: f64, t1: f64) -> Vec<(usize, f64, f64)> {
+pub fn free_segments_in(
+    known: &KnownPrefix,
+    line: &Line,
+    line_id: usize,
+    t0: f64,
+    t1: f64,
+) -> Vec<(usize, f64, f64)> {
     let ks = known.kinks_on_line(&line.origin, &line.dir, t0, t1);
     let mut pts = vec![t0];
     pts.extend(ks);
@@ -87,13 +102,21 @@ pub fn free_segments_in(known: &KnownPrefix, line: &Line, line_id: usize, t0: f6
 
 /// Identity of an estimate for bookkeeping: the bits of its first anchor point.
 fn est_key(e: &NeuronEstimate) -> Vec<u64> {
-    e.anchors.first().map(|a| a.iter().map(|v| v.to_bits()).collect()).unwrap_or_default()
+    e.anchors
+        .first()
+        .map(|a| a.iter().map(|v| v.to_bits()).collect())
+        .unwrap_or_default()
 }
 
 /// Walks from `anchor` (on the hyperplane of the estimate `theta`) along that hyperplane until unit
 /// `unit` of the known prefix turns active, and returns a short line through the end point along the
 /// estimate's normal, with its half length. Offline: no queries.
-fn follow_to_unit(known: &KnownPrefix, theta: &[f64], anchor: &[f64], unit: usize) -> Option<(Line, f64)> {
+fn follow_to_unit(
+    known: &KnownPrefix,
+    theta: &[f64],
+    anchor: &[f64],
+    unit: usize,
+) -> Option<(Line, f64)> {
     let d0 = known.input_dim;
     let dim = known.out_dim();
     let eye = faer::Mat::<f64>::identity(d0, d0);
@@ -101,7 +124,9 @@ fn follow_to_unit(known: &KnownPrefix, theta: &[f64], anchor: &[f64], unit: usiz
     let mut travelled: f64 = 0.0;
     for _ in 0..16 {
         let st = known.local(&x, &eye);
-        let g: Vec<f64> = (0..d0).map(|c| (0..dim).map(|r| theta[r] * st.dh[(r, c)]).sum()).collect();
+        let g: Vec<f64> = (0..d0)
+            .map(|c| (0..dim).map(|r| theta[r] * st.dh[(r, c)]).sum())
+            .collect();
         let gn = norm(&g);
         if gn == 0.0 {
             return None;
@@ -109,10 +134,18 @@ fn follow_to_unit(known: &KnownPrefix, theta: &[f64], anchor: &[f64], unit: usiz
         let ghat: Vec<f64> = g.iter().map(|v| v / gn).collect();
         if st.h[unit] > 0.0 {
             let r = (0.25 * travelled).max(1e-6);
-            return Some((Line { origin: x, dir: ghat }, r));
+            return Some((
+                Line {
+                    origin: x,
+                    dir: ghat,
+                },
+                r,
+            ));
         }
         let zk = st.pre.last()?[unit];
-        let dz: Vec<f64> = (0..d0).map(|c| st.dpre.last().expect("known layer")[(unit, c)]).collect();
+        let dz: Vec<f64> = (0..d0)
+            .map(|c| st.dpre.last().expect("known layer")[(unit, c)])
+            .collect();
         let along = dot(&dz, &ghat);
         let tau: Vec<f64> = dz.iter().zip(&ghat).map(|(a, b)| a - along * b).collect();
         let tn2 = dot(&tau, &tau);
@@ -129,12 +162,19 @@ fn follow_to_unit(known: &KnownPrefix, theta: &[f64], anchor: &[f64], unit: usiz
 
 /// Rejection-samples an input (at several scales) where unit `unit` of the known prefix's output is
 /// active. Offline: costs no queries.
-fn point_with_active_unit(known: &KnownPrefix, unit: usize, sigma: f64, rng: &mut ChaCha20Rng) -> Option<Vec<f64>> {
+fn point_with_active_unit(
+    known: &KnownPrefix,
+    unit: usize,
+    sigma: f64,
+    rng: &mut ChaCha20Rng,
+) -> Option<Vec<f64>> {
     let d0 = known.input_dim;
     let empty = faer::Mat::<f64>::zeros(d0, 0);
     for attempt in 0..4000 {
         let s = sigma * [1.0, 0.3, 3.0, 10.0][attempt % 4];
-        let x: Vec<f64> = (0..d0).map(|_| s * rng.sample::<f64, _>(StandardNormal)).collect();
+        let x: Vec<f64> = (0..d0)
+            .map(|_| s * rng.sample::<f64, _>(StandardNormal))
+            .collect();
         if known.local(&x, &empty).h[unit] > 0.0 {
             return Some(x);
         }
@@ -154,7 +194,10 @@ fn alive_units(known: &KnownPrefix) -> Vec<bool> {
 /// Witnessing search lines that are independent random lines (not hyperplane-following lines, which
 /// stay in one neighbourhood, nor refinement lines).
 fn independent_lines(e: &NeuronEstimate, following: &[bool]) -> usize {
-    e.lines.iter().filter(|&&l| l < following.len() && !following[l]).count()
+    e.lines
+        .iter()
+        .filter(|&&l| l < following.len() && !following[l])
+        .count()
 }
 
 fn is_complete(e: &NeuronEstimate, alive: &[bool], p: &ExtractParams, following: &[bool]) -> bool {
@@ -222,8 +265,16 @@ pub fn recover_layer<O: Oracle + ?Sized>(
             bank.estimates
                 .iter()
                 .enumerate()
-                .filter(|(_, e)| independent_lines(e, &following) >= p.min_witnesses && e.residual <= p.null_residual_max)
-                .flat_map(|(i, e)| (0..dim).filter(|&k| !e.known[k] && alive[k]).map(move |k| (i, k)).collect::<Vec<_>>())
+                .filter(|(_, e)| {
+                    independent_lines(e, &following) >= p.min_witnesses
+                        && e.residual <= p.null_residual_max
+                })
+                .flat_map(|(i, e)| {
+                    (0..dim)
+                        .filter(|&k| !e.known[k] && alive[k])
+                        .map(move |k| (i, k))
+                        .collect::<Vec<_>>()
+                })
                 .collect()
         } else {
             Vec::new()
@@ -239,7 +290,9 @@ pub fn recover_layer<O: Oracle + ?Sized>(
                     let eye = faer::Mat::<f64>::identity(d0, d0);
                     let st = known.local(&o, &eye);
                     let theta = &bank.estimates[ei].theta;
-                    let g: Vec<f64> = (0..d0).map(|c| (0..dim).map(|r| theta[r] * st.dh[(r, c)]).sum()).collect();
+                    let g: Vec<f64> = (0..d0)
+                        .map(|c| (0..dim).map(|r| theta[r] * st.dh[(r, c)]).sum())
+                        .collect();
                     let gn = norm(&g);
                     if gn > 0.0 {
                         line.dir = g.iter().map(|v| v / gn).collect();
@@ -249,8 +302,9 @@ pub fn recover_layer<O: Oracle + ?Sized>(
             }
             lines.push(line);
         }
-        let segments: Vec<(usize, f64, f64)> =
-            (first..lines.len()).flat_map(|l| free_segments(known, &lines[l], l, half)).collect();
+        let segments: Vec<(usize, f64, f64)> = (first..lines.len())
+            .flat_map(|l| free_segments(known, &lines[l], l, half))
+            .collect();
         let q0 = oracle.queries();
         let cps = find_critical_points(oracle, &lines, &segments, search_tol)?;
         out.search_queries += oracle.queries() - q0;
@@ -261,7 +315,10 @@ pub fn recover_layer<O: Oracle + ?Sized>(
             let mut to_measure: Vec<CriticalPoint> = Vec::new();
             for cp in mine {
                 let x = lines[l].at(cp.t);
-                let (_, h) = known.forward_rows(std::slice::from_ref(&x)).pop().expect("one row");
+                let (_, h) = known
+                    .forward_rows(std::slice::from_ref(&x))
+                    .pop()
+                    .expect("one row");
                 if bank.attach_point(&h, l, &tol) {
                     out.attached_points += 1;
                 } else {
@@ -308,7 +365,10 @@ pub fn recover_layer<O: Oracle + ?Sized>(
                 let mut to_measure = Vec::new();
                 for cp in cps {
                     let x = lines[cp.line].at(cp.t);
-                    let (_, h) = known.forward_rows(std::slice::from_ref(&x)).pop().expect("one row");
+                    let (_, h) = known
+                        .forward_rows(std::slice::from_ref(&x))
+                        .pop()
+                        .expect("one row");
                     if bank.attach_point(&h, cp.line, &tol) {
                         out.attached_points += 1;
                     } else {
@@ -330,10 +390,14 @@ pub fn recover_layer<O: Oracle + ?Sized>(
         // exactly where its hyperplane meets a fresh random line; a deeper unit's local piece (which
         // can masquerade as a neuron inside one activation region) does not.
         let fresh: Vec<usize> = (0..bank.estimates.len())
-            .filter(|&i| validated.get(&est_key(&bank.estimates[i])).is_none() && is_complete(&bank.estimates[i], &alive, p, &following))
+            .filter(|&i| {
+                validated.get(&est_key(&bank.estimates[i])).is_none()
+                    && is_complete(&bank.estimates[i], &alive, p, &following)
+            })
             .collect();
         if !fresh.is_empty() {
-            let mut sub: Vec<NeuronEstimate> = fresh.iter().map(|&i| bank.estimates[i].clone()).collect();
+            let mut sub: Vec<NeuronEstimate> =
+                fresh.iter().map(|&i| bank.estimates[i].clone()).collect();
             let q0 = oracle.queries();
             let tally = refine(oracle, known, &mut sub, p, rng, half, search_tol)?;
             out.refine_queries += oracle.queries() - q0;
@@ -342,15 +406,24 @@ pub fn recover_layer<O: Oracle + ?Sized>(
                 bank.estimates[i] = e;
                 validated.insert(est_key(&bank.estimates[i]), ok);
             }
-            bank.estimates.retain(|e| validated.get(&est_key(e)) != Some(&false));
+            bank.estimates
+                .retain(|e| validated.get(&est_key(e)) != Some(&false));
         }
         let done = bank
             .estimates
             .iter()
-            .filter(|e| validated.get(&est_key(e)) == Some(&true) && is_complete(e, &alive, p, &following))
+            .filter(|e| {
+                validated.get(&est_key(e)) == Some(&true) && is_complete(e, &alive, p, &following)
+            })
             .count();
         on_progress(done.min(width), width);
-        tracing::debug!(round, done, width, estimates = bank.estimates.len(), "witness round");
+        tracing::debug!(
+            round,
+            done,
+            width,
+            estimates = bank.estimates.len(),
+            "witness round"
+        );
         if done >= width {
             break;
         }
@@ -376,7 +449,9 @@ pub fn recover_layer<O: Oracle + ?Sized>(
     let mut cands: Vec<NeuronEstimate> = bank
         .estimates
         .into_iter()
-        .filter(|e| independent_lines(e, &following) >= p.min_witnesses && e.residual <= p.null_residual_max)
+        .filter(|e| {
+            independent_lines(e, &following) >= p.min_witnesses && e.residual <= p.null_residual_max
+        })
         .collect();
     cands.retain(|e| validated.get(&est_key(e)) != Some(&false));
     cands.sort_by(|a, b| {
@@ -453,7 +528,10 @@ fn refine<O: Oracle + ?Sized>(
             bps.push(half);
             let pts: Vec<Vec<f64>> = bps.iter().map(|&t| line.at(t)).collect();
             let hs = known.forward_rows(&pts);
-            let z: Vec<f64> = hs.iter().map(|(_, h)| dot(&e.theta[..dim], h) + e.theta[dim]).collect();
+            let z: Vec<f64> = hs
+                .iter()
+                .map(|(_, h)| dot(&e.theta[..dim], h) + e.theta[dim])
+                .collect();
             for j in 0..bps.len() - 1 {
                 if (z[j] > 0.0) != (z[j + 1] > 0.0) {
                     let t = bps[j] + (bps[j + 1] - bps[j]) * z[j] / (z[j] - z[j + 1]);
@@ -483,10 +561,16 @@ fn refine<O: Oracle + ?Sized>(
             && (c.t - t_pred).abs() <= 1e-3 * w
         {
             let x = lines[c.line].at(c.t);
-            let (_, h) = known.forward_rows(std::slice::from_ref(&x)).pop().expect("one row");
+            let (_, h) = known
+                .forward_rows(std::slice::from_ref(&x))
+                .pop()
+                .expect("one row");
             // Another neuron's kink can sit next to the prediction: keep the point only if it lies on
             // the estimate's hyperplane to within the residual bound.
-            if est[ei].plane_distance(&h).is_some_and(|d| d <= p.null_residual_max) {
+            if est[ei]
+                .plane_distance(&h)
+                .is_some_and(|d| d <= p.null_residual_max)
+            {
                 est[ei].add_point(&h, usize::MAX - si);
                 tally[ei].1 += 1;
             }

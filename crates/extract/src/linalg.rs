@@ -101,7 +101,14 @@ mod tests {
             }
         }
         // rows orthogonal to (1, 1, 1)
-        let m = Mat::<f64>::from_fn(4, 3, |i, k| [[1.0, -1.0, 0.0], [0.0, 1.0, -1.0], [2.0, -1.0, -1.0], [1.0, 0.0, -1.0]][i][k]);
+        let m = Mat::<f64>::from_fn(4, 3, |i, k| {
+            [
+                [1.0, -1.0, 0.0],
+                [0.0, 1.0, -1.0],
+                [2.0, -1.0, -1.0],
+                [1.0, 0.0, -1.0],
+            ][i][k]
+        });
         let (x, res, gap) = null_vector(&m).unwrap();
         assert!(res < 1e-14);
         assert!(gap > 0.1);

@@ -41,7 +41,9 @@ impl Oracle for NetworkOracle {
         self.net.output_dim()
     }
     fn query_batch(&self, xs: MatRef<'_, f64>) -> Result<Mat<f64>, OracleError> {
-        self.net.forward(xs).map_err(|e| OracleError::BadAnswer(e.to_string()))
+        self.net
+            .forward(xs)
+            .map_err(|e| OracleError::BadAnswer(e.to_string()))
     }
 }
 
@@ -114,7 +116,10 @@ impl<'a, O: Oracle + ?Sized> CountingOracle<'a, O> {
             && before + n > b
         {
             self.used.fetch_sub(n, Ordering::SeqCst);
-            return Err(OracleError::BudgetExhausted { budget: b, used: before });
+            return Err(OracleError::BudgetExhausted {
+                budget: b,
+                used: before,
+            });
         }
         let ys = self.inner.query_batch(xs)?;
         if ys.nrows() != xs.nrows() || ys.ncols() != self.output_dim() {
@@ -155,12 +160,17 @@ impl<'a, O: Oracle + ?Sized> CountingOracle<'a, O> {
         let d = self.input_dim();
         for p in pts {
             if p.len() != d {
-                return Err(OracleError::BadShape { got: p.len(), expected: d });
+                return Err(OracleError::BadShape {
+                    got: p.len(),
+                    expected: d,
+                });
             }
         }
         let m = Mat::<f64>::from_fn(pts.len(), d, |i, j| pts[i][j]);
         let y = self.query(m.as_ref())?;
-        Ok((0..y.nrows()).map(|i| (0..y.ncols()).map(|j| y[(i, j)]).collect()).collect())
+        Ok((0..y.nrows())
+            .map(|i| (0..y.ncols()).map(|j| y[(i, j)]).collect())
+            .collect())
     }
 }
 
@@ -177,10 +187,19 @@ mod tests {
         c.query_points(&vec![vec![0.0; 3]; 4]).unwrap();
         assert_eq!(c.queries(), 4);
         let e = c.query_points(&vec![vec![0.0; 3]; 2]).unwrap_err();
-        assert!(matches!(e, OracleError::BudgetExhausted { budget: 5, used: 4 }));
+        assert!(matches!(
+            e,
+            OracleError::BudgetExhausted { budget: 5, used: 4 }
+        ));
         assert_eq!(c.queries(), 4);
-        assert!(matches!(c.query_points(&[vec![f64::NAN; 3]]), Err(OracleError::NonFinite)));
-        assert!(matches!(c.query_points(&[vec![0.0; 2]]), Err(OracleError::BadShape { .. })));
+        assert!(matches!(
+            c.query_points(&[vec![f64::NAN; 3]]),
+            Err(OracleError::NonFinite)
+        ));
+        assert!(matches!(
+            c.query_points(&[vec![0.0; 2]]),
+            Err(OracleError::BadShape { .. })
+        ));
     }
 
     #[test]

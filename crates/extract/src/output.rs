@@ -22,14 +22,26 @@ pub fn fit_output<O: Oracle + ?Sized>(
     let dh = known.out_dim();
     let n = (4 * (dh + 1)).max(512);
     let xs: Vec<Vec<f64>> = (0..n)
-        .map(|_| (0..d0).map(|_| sigma * rng.sample::<f64, _>(StandardNormal)).collect())
+        .map(|_| {
+            (0..d0)
+                .map(|_| sigma * rng.sample::<f64, _>(StandardNormal))
+                .collect()
+        })
         .collect();
     let ys = oracle.query_points(&xs)?;
     let hs = known.forward_rows(&xs);
     // Units that never fire on the fitting set (dead ones) get zero outgoing weights: their column is
     // zero and would make the system singular.
-    let live: Vec<usize> = (0..dh).filter(|&j| hs.iter().any(|(_, h)| h[j] != 0.0)).collect();
-    let a = Mat::<f64>::from_fn(n, live.len() + 1, |i, j| if j < live.len() { hs[i].1[live[j]] } else { 1.0 });
+    let live: Vec<usize> = (0..dh)
+        .filter(|&j| hs.iter().any(|(_, h)| h[j] != 0.0))
+        .collect();
+    let a = Mat::<f64>::from_fn(n, live.len() + 1, |i, j| {
+        if j < live.len() {
+            hs[i].1[live[j]]
+        } else {
+            1.0
+        }
+    });
     let dout = oracle.output_dim();
     let y = Mat::<f64>::from_fn(n, dout, |i, j| ys[i][j]);
     let cl = lstsq(&a, &y);

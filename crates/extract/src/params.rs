@@ -79,7 +79,9 @@ impl ExtractParams {
 
 impl Default for ExtractParams {
     fn default() -> Self {
-        ExtractParamsBuilder::default().build().expect("defaults are valid")
+        ExtractParamsBuilder::default()
+            .build()
+            .expect("defaults are valid")
     }
 }
 
@@ -179,7 +181,10 @@ impl ExtractParamsBuilder {
         pos("null_gap_min", p.null_gap_min)?;
         pos("stencil_eps", p.stencil_eps)?;
         if p.linearity_rel_tol >= 1e-2 {
-            return Err(bad("linearity_rel_tol", "must be < 1e-2 (kinks would be invisible)"));
+            return Err(bad(
+                "linearity_rel_tol",
+                "must be < 1e-2 (kinks would be invisible)",
+            ));
         }
         if !(p.stencil_shrink > 0.0 && p.stencil_shrink < 1.0) {
             return Err(bad("stencil_shrink", "must be in (0, 1)"));

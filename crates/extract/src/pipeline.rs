@@ -137,7 +137,9 @@ fn verify<O: Oracle + ?Sized>(
     use rand::Rng;
     use rand_distr::StandardNormal;
     let d0 = net.input_dim();
-    let xs = Mat::<f64>::from_fn(VERIFY_POINTS, d0, |_, _| p.origin_scale * rng.sample::<f64, _>(StandardNormal));
+    let xs = Mat::<f64>::from_fn(VERIFY_POINTS, d0, |_, _| {
+        p.origin_scale * rng.sample::<f64, _>(StandardNormal)
+    });
     let truth = co.query(xs.as_ref())?;
     let ours = net.forward(xs.as_ref())?;
     let mut err: f64 = 0.0;
@@ -168,7 +170,9 @@ fn sign_layer<O: Oracle + ?Sized>(
     p: &ExtractParams,
     rng: &mut ChaCha20Rng,
 ) -> Result<SignOutcome, ExtractError> {
-    if is_last_hidden && let Some(s) = last_layer::recover(oracle, known, layer, p.origin_scale, rng)? {
+    if is_last_hidden
+        && let Some(s) = last_layer::recover(oracle, known, layer, p.origin_scale, rng)?
+    {
         return Ok(s);
     }
     let soe_out = soe::recover(
@@ -188,7 +192,15 @@ fn sign_layer<O: Oracle + ?Sized>(
     }
     // Expansive layer (or neurons SOE could not isolate): neuron wiggle; keep SOE's answer where it
     // was more confident.
-    let mut wig = wiggle::recover(oracle, known, layer, p.wiggle_samples, p.sign_confidence_min, p.origin_scale, rng)?;
+    let mut wig = wiggle::recover(
+        oracle,
+        known,
+        layer,
+        p.wiggle_samples,
+        p.sign_confidence_min,
+        p.origin_scale,
+        rng,
+    )?;
     if let Some(s) = soe_out {
         for k in 0..wig.signs.len() {
             if s.confidence[k] > wig.confidence[k] {
@@ -224,8 +236,13 @@ pub fn extract<O: Oracle + ?Sized>(
     let mut low = Vec::new();
     for (li, &width) in hidden.iter().enumerate() {
         let layer_no = li + 1;
-        let mut rng = ChaCha20Rng::seed_from_u64(p.seed ^ (0x9E37_79B9_7F4A_7C15_u64.wrapping_mul(layer_no as u64)));
-        progress(ProgressEvent::LayerStart { layer: layer_no, width });
+        let mut rng = ChaCha20Rng::seed_from_u64(
+            p.seed ^ (0x9E37_79B9_7F4A_7C15_u64.wrapping_mul(layer_no as u64)),
+        );
+        progress(ProgressEvent::LayerStart {
+            layer: layer_no,
+            width,
+        });
         let t0 = Instant::now();
         let sig = recover_layer(&co, &known, width, p, &mut rng, |done, width| {
             progress(ProgressEvent::Neurons { done, width })
@@ -250,7 +267,8 @@ pub fn extract<O: Oracle + ?Sized>(
             bias: layer.bias[..found].to_vec(),
         };
         let signs = if found > 0 {
-            sign_layer(&co, &known, &live, li + 1 == hidden.len(), p, &mut rng).map_err(|e| at_layer(e, layer_no))?
+            sign_layer(&co, &known, &live, li + 1 == hidden.len(), p, &mut rng)
+                .map_err(|e| at_layer(e, layer_no))?
         } else {
             SignOutcome {
                 method: "none (no live neurons)",
@@ -292,9 +310,17 @@ pub fn extract<O: Oracle + ?Sized>(
             sign_confidence: signs.confidence.clone(),
             low_confidence: lowc,
             max_null_residual: sig.neurons.iter().map(|n| n.residual).fold(0.0, f64::max),
-            partially_constrained: (0..found).filter(|&k| !sig.neurons[k].unconstrained.is_empty()).collect(),
+            partially_constrained: (0..found)
+                .filter(|&k| !sig.neurons[k].unconstrained.is_empty())
+                .collect(),
         });
-        tracing::info!(layer = layer_no, found, width, queries = co.queries(), "layer recovered");
+        tracing::info!(
+            layer = layer_no,
+            found,
+            width,
+            queries = co.queries(),
+            "layer recovered"
+        );
         known.layers.push(layer);
         progress(ProgressEvent::LayerDone);
     }
@@ -335,10 +361,12 @@ pub fn extract<O: Oracle + ?Sized>(
 
 fn at_layer(e: ExtractError, layer: usize) -> ExtractError {
     match e {
-        ExtractError::Oracle(OracleError::BudgetExhausted { budget, used }) => ExtractError::LayerFailed {
-            layer,
-            reason: format!("query budget of {budget} exhausted after {used} queries"),
-        },
+        ExtractError::Oracle(OracleError::BudgetExhausted { budget, used }) => {
+            ExtractError::LayerFailed {
+                layer,
+                reason: format!("query budget of {budget} exhausted after {used} queries"),
+            }
+        }
         other => other,
     }
 }

@@ -16,6 +16,9 @@ use crate::linalg::{norm, right_pinv};
 use crate::oracle::{CountingOracle, Oracle};
 use faer::Mat;
 
+/// Largest number of f64 values in one batch of stencil points (16 MiB).
+const MAX_BATCH_VALUES: usize = 1 << 21;
+
 /// One measured witness of some neuron of the current layer.
 #[derive(Debug, Clone)]
 pub struct Witness {
@@ -163,7 +166,9 @@ pub fn measure<O: Oracle + ?Sized>(
         let xa = line.at(cp.t - s);
         let xb = line.at(cp.t + s);
         let step = s * norm(&line.dir);
-        let m_known = known.margin(&xa, &geo.dirs).min(known.margin(&xb, &geo.dirs));
+        let m_known = known
+            .margin(&xa, &geo.dirs)
+            .min(known.margin(&xb, &geo.dirs));
         let eps0 = p.eps.min(0.5 * m_known).min(step);
         let r = geo.dirs.ncols();
         let jn = norm(&cp.jump);
@@ -194,49 +199,75 @@ pub fn measure<O: Oracle + ?Sized>(
         j.fb = centres[ci + 1].clone();
         ci += 2;
     }
+    // Stencil points are built and queried in chunks so memory stays bounded on wide inputs
+    // (a 784-input witness alone needs 3,136 points).
+    let d0 = known.input_dim;
+    let pairs_per_chunk = (MAX_BATCH_VALUES / (4 * d0.max(1))).max(1);
     for _ in 0..p.tries {
-        // Collect pending (job, k) pairs.
-        let mut pts = Vec::new();
-        let mut idx = Vec::new();
-        for (ji, j) in jobs.iter().enumerate() {
-            let Some(j) = j else { continue };
-            for k in 0..j.eps.len() {
-                if j.da[k].is_none() || j.db[k].is_none() {
-                    let e = j.eps[k];
-                    let dir: Vec<f64> = (0..j.geo.dirs.nrows()).map(|i| j.geo.dirs[(i, k)] * e).collect();
-                    for base in [&j.xa, &j.xb] {
-                        pts.push(base.iter().zip(&dir).map(|(a, b)| a + b).collect::<Vec<f64>>());
-                        pts.push(base.iter().zip(&dir).map(|(a, b)| a - b).collect::<Vec<f64>>());
-                    }
-                    idx.push((ji, k));
-                }
-            }
-        }
-        if idx.is_empty() {
+        let pending: Vec<(usize, usize)> = jobs
+            .iter()
+            .enumerate()
+            .filter_map(|(ji, j)| j.as_ref().map(|j| (ji, j)))
+            .flat_map(|(ji, j)| {
+                (0..j.eps.len())
+                    .filter(|&k| j.da[k].is_none() || j.db[k].is_none())
+                    .map(move |k| (ji, k))
+            })
+            .collect();
+        if pending.is_empty() {
             break;
         }
-        let ys = oracle.query_points(&pts)?;
-        for (n, &(ji, k)) in idx.iter().enumerate() {
-            let j = jobs[ji].as_mut().expect("pending job exists");
-            let e = j.eps[k];
-            let (ap, am, bp, bm) = (&ys[4 * n], &ys[4 * n + 1], &ys[4 * n + 2], &ys[4 * n + 3]);
-            let ok = |plus: &[f64], minus: &[f64], c: &[f64]| -> Option<Vec<f64>> {
-                let mut sc: f64 = 0.0;
-                let mut dev: f64 = 0.0;
-                for i in 0..c.len() {
-                    sc = sc.max(c[i].abs()).max((plus[i] - minus[i]).abs());
-                    dev = dev.max((plus[i] + minus[i] - 2.0 * c[i]).abs());
+        for idx in pending.chunks(pairs_per_chunk) {
+            let mut pts = Vec::with_capacity(idx.len() * 4);
+            for &(ji, k) in idx {
+                let j = jobs[ji].as_ref().expect("pending job exists");
+                let e = j.eps[k];
+                let dir: Vec<f64> = (0..j.geo.dirs.nrows())
+                    .map(|i| j.geo.dirs[(i, k)] * e)
+                    .collect();
+                for base in [&j.xa, &j.xb] {
+                    pts.push(
+                        base.iter()
+                            .zip(&dir)
+                            .map(|(a, b)| a + b)
+                            .collect::<Vec<f64>>(),
+                    );
+                    pts.push(
+                        base.iter()
+                            .zip(&dir)
+                            .map(|(a, b)| a - b)
+                            .collect::<Vec<f64>>(),
+                    );
                 }
-                (dev <= p.rel_tol * sc.max(f64::MIN_POSITIVE))
-                    .then(|| plus.iter().zip(minus).map(|(a, b)| (a - b) / (2.0 * e)).collect())
-            };
-            let da = ok(ap, am, &j.fa);
-            let db = ok(bp, bm, &j.fb);
-            if da.is_some() && db.is_some() {
-                j.da[k] = da;
-                j.db[k] = db;
-            } else {
-                j.eps[k] *= p.shrink;
+            }
+            let ys = oracle.query_points(&pts)?;
+            drop(pts);
+            for (n, &(ji, k)) in idx.iter().enumerate() {
+                let j = jobs[ji].as_mut().expect("pending job exists");
+                let e = j.eps[k];
+                let (ap, am, bp, bm) = (&ys[4 * n], &ys[4 * n + 1], &ys[4 * n + 2], &ys[4 * n + 3]);
+                let ok = |plus: &[f64], minus: &[f64], c: &[f64]| -> Option<Vec<f64>> {
+                    let mut sc: f64 = 0.0;
+                    let mut dev: f64 = 0.0;
+                    for i in 0..c.len() {
+                        sc = sc.max(c[i].abs()).max((plus[i] - minus[i]).abs());
+                        dev = dev.max((plus[i] + minus[i] - 2.0 * c[i]).abs());
+                    }
+                    (dev <= p.rel_tol * sc.max(f64::MIN_POSITIVE)).then(|| {
+                        plus.iter()
+                            .zip(minus)
+                            .map(|(a, b)| (a - b) / (2.0 * e))
+                            .collect()
+                    })
+                };
+                let da = ok(ap, am, &j.fa);
+                let db = ok(bp, bm, &j.fb);
+                if da.is_some() && db.is_some() {
+                    j.da[k] = da;
+                    j.db[k] = db;
+                } else {
+                    j.eps[k] *= p.shrink;
+                }
             }
         }
     }
@@ -255,7 +286,13 @@ pub fn measure<O: Oracle + ?Sized>(
         let mut resid: f64 = 0.0;
         let mut big: f64 = 0.0;
         for k in 0..r {
-            let jump: Vec<f64> = j.db[k].as_ref().unwrap().iter().zip(j.da[k].as_ref().unwrap()).map(|(b, a)| b - a).collect();
+            let jump: Vec<f64> = j.db[k]
+                .as_ref()
+                .unwrap()
+                .iter()
+                .zip(j.da[k].as_ref().unwrap())
+                .map(|(b, a)| b - a)
+                .collect();
             y[k] = jump.iter().zip(&j.mhat).map(|(a, b)| a * b).sum();
             for (i, v) in jump.iter().enumerate() {
                 resid = resid.max((v - y[k] * j.mhat[i]).abs());

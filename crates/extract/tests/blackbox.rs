@@ -28,8 +28,13 @@ impl<F: Fn(MatRef<'_, f64>) -> Mat<f64> + Sync> Oracle for ClosureOracle<F> {
 
 fn rel_error(a: &Network, b: &Network, n: usize, seed: u64) -> f64 {
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
-    let x = Mat::<f64>::from_fn(n, a.input_dim(), |_, _| rng.sample::<f64, _>(StandardNormal));
-    let (fa, fb) = (a.forward(x.as_ref()).unwrap(), b.forward(x.as_ref()).unwrap());
+    let x = Mat::<f64>::from_fn(n, a.input_dim(), |_, _| {
+        rng.sample::<f64, _>(StandardNormal)
+    });
+    let (fa, fb) = (
+        a.forward(x.as_ref()).unwrap(),
+        b.forward(x.as_ref()).unwrap(),
+    );
     let (mut e, mut s) = (0.0_f64, 0.0_f64);
     for i in 0..n {
         for j in 0..fa.ncols() {
@@ -51,7 +56,10 @@ fn hidden(net: Network) -> ClosureOracle<impl Fn(MatRef<'_, f64>) -> Mat<f64> + 
 
 #[test]
 fn extracts_through_an_oracle_that_only_answers_queries() {
-    for (arch, init, seed) in [("10-8-1", InitRecipe::Balanced, 1), ("20-10-5-1", InitRecipe::Balanced, 1)] {
+    for (arch, init, seed) in [
+        ("10-8-1", InitRecipe::Balanced, 1),
+        ("20-10-5-1", InitRecipe::Balanced, 1),
+    ] {
         let arch: Arch = arch.parse().unwrap();
         let truth = Network::random(&arch, init, seed);
         let oracle = hidden(truth.clone());
@@ -79,7 +87,10 @@ fn same_seed_same_result() {
 fn budget_exhaustion_is_a_clear_error() {
     let arch: Arch = "10-8-1".parse().unwrap();
     let truth = Network::random(&arch, InitRecipe::Balanced, 1);
-    let p = ExtractParams::builder().max_queries(Some(100)).build().unwrap();
+    let p = ExtractParams::builder()
+        .max_queries(Some(100))
+        .build()
+        .unwrap();
     let e = extract(&hidden(truth), &arch, &p, |_| {}).unwrap_err();
     assert!(e.to_string().contains("budget"), "{e}");
 }
@@ -87,7 +98,13 @@ fn budget_exhaustion_is_a_clear_error() {
 #[test]
 fn wrong_architecture_is_rejected() {
     let truth = Network::random(&"10-8-1".parse().unwrap(), InitRecipe::Balanced, 1);
-    let e = extract(&hidden(truth), &"12-8-1".parse().unwrap(), &ExtractParams::default(), |_| {}).unwrap_err();
+    let e = extract(
+        &hidden(truth),
+        &"12-8-1".parse().unwrap(),
+        &ExtractParams::default(),
+        |_| {},
+    )
+    .unwrap_err();
     assert!(matches!(e, ExtractError::Arch(_)), "{e}");
 }
 

@@ -63,7 +63,11 @@ fn bits(e: f64) -> f64 {
 }
 
 /// Aligns `candidate` to `truth` and reports parameter and output errors.
-pub fn compare(truth: &Network, candidate: &Network, opts: &CompareOptions) -> Result<CompareReport, ReluError> {
+pub fn compare(
+    truth: &Network,
+    candidate: &Network,
+    opts: &CompareOptions,
+) -> Result<CompareReport, ReluError> {
     if truth.arch() != candidate.arch() {
         return Err(ReluError::Dimension(format!(
             "architectures differ: truth {} vs candidate {}",
@@ -78,7 +82,10 @@ pub fn compare(truth: &Network, candidate: &Network, opts: &CompareOptions) -> R
         let (t, c) = (&truth.layers()[li], &cand[li]);
         let rows = t.fan_out();
         let row = |l: &Layer, r: usize| -> Vec<f64> {
-            (0..l.fan_in()).map(|k| l.weight[(r, k)]).chain([l.bias[r]]).collect::<Vec<f64>>()
+            (0..l.fan_in())
+                .map(|k| l.weight[(r, k)])
+                .chain([l.bias[r]])
+                .collect::<Vec<f64>>()
         };
         let nrm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
         let tr: Vec<Vec<f64>> = (0..rows).map(|r| row(t, r)).collect();
@@ -120,7 +127,9 @@ pub fn compare(truth: &Network, candidate: &Network, opts: &CompareOptions) -> R
         };
         let next = &cand[li + 1];
         let new_next = Layer {
-            weight: Mat::from_fn(next.fan_out(), rows, |o, i| next.weight[(o, perm[i])] / scale[i]),
+            weight: Mat::from_fn(next.fan_out(), rows, |o, i| {
+                next.weight[(o, perm[i])] / scale[i]
+            }),
             bias: next.bias.clone(),
         };
         cand[li] = new_l;
@@ -180,7 +189,11 @@ pub fn compare(truth: &Network, candidate: &Network, opts: &CompareOptions) -> R
                     ac = (j, fc[(i, j)]);
                 }
             }
-            let same = if ft.ncols() == 1 { (ft[(i, 0)] > 0.0) == (fc[(i, 0)] > 0.0) } else { at.0 == ac.0 };
+            let same = if ft.ncols() == 1 {
+                (ft[(i, 0)] > 0.0) == (fc[(i, 0)] > 0.0)
+            } else {
+                at.0 == ac.0
+            };
             agree += same as usize;
         }
         done += n;
@@ -230,7 +243,10 @@ mod tests {
     #[test]
     fn symmetric_copy_is_equal_and_a_nudge_is_named() {
         let net = Network::random(&"12-10-9-3".parse::<Arch>().unwrap(), InitRecipe::He, 5);
-        let opts = CompareOptions { samples: 2000, seed: 1 };
+        let opts = CompareOptions {
+            samples: 2000,
+            seed: 1,
+        };
         let r = compare(&net, &permuted_rescaled(&net), &opts).unwrap();
         assert!(r.param_bits >= 50.0, "{r:?}");
         let mut layers = net.layers().to_vec();
@@ -238,7 +254,11 @@ mod tests {
         let r = compare(&net, &Network::new(layers).unwrap(), &opts).unwrap();
         // Rescaling to the truth row norm absorbs part of the nudge: "about 1e-6" (≈ 20 bits).
         assert!((5e-7..2e-6).contains(&r.max_param_error), "{r:?}");
-        assert!(r.worst_tensor.starts_with("layers.1.weight"), "{}", r.worst_tensor);
+        assert!(
+            r.worst_tensor.starts_with("layers.1.weight"),
+            "{}",
+            r.worst_tensor
+        );
         let other = Network::random(&"12-10-8-3".parse::<Arch>().unwrap(), InitRecipe::He, 5);
         assert!(compare(&net, &other, &opts).is_err());
     }

@@ -55,7 +55,10 @@ fn to_f64(name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f64>, ReluError> 
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64)
             .collect()),
-        other => Err(ReluError::tensor(name, format!("unsupported dtype {other:?} (expected F64 or F32)"))),
+        other => Err(ReluError::tensor(
+            name,
+            format!("unsupported dtype {other:?} (expected F64 or F32)"),
+        )),
     }
 }
 
@@ -102,10 +105,17 @@ fn load_safetensors(path: &Path, bytes: &[u8]) -> Result<Network, ReluError> {
     }
     let mut layers = Vec::new();
     for (wn, bn) in names {
-        let w = raw.get(&wn).ok_or_else(|| ReluError::MissingTensor(wn.clone()))?;
-        let b = raw.get(&bn).ok_or_else(|| ReluError::MissingTensor(bn.clone()))?;
+        let w = raw
+            .get(&wn)
+            .ok_or_else(|| ReluError::MissingTensor(wn.clone()))?;
+        let b = raw
+            .get(&bn)
+            .ok_or_else(|| ReluError::MissingTensor(bn.clone()))?;
         if w.shape.len() != 2 {
-            return Err(ReluError::tensor(&wn, format!("must be 2-D [out, in], has shape {:?}", w.shape)));
+            return Err(ReluError::tensor(
+                &wn,
+                format!("must be 2-D [out, in], has shape {:?}", w.shape),
+            ));
         }
         if b.shape.len() != 1 || b.shape[0] != w.shape[0] {
             return Err(ReluError::tensor(
@@ -136,7 +146,11 @@ pub fn save_network(path: &Path, net: &Network, dtype: SaveDtype) -> Result<(), 
         for &v in &l.bias {
             push(&mut b, v, dtype);
         }
-        buffers.push((format!("layers.{i}.weight"), vec![l.fan_out(), l.fan_in()], w));
+        buffers.push((
+            format!("layers.{i}.weight"),
+            vec![l.fan_out(), l.fan_in()],
+            w,
+        ));
         buffers.push((format!("layers.{i}.bias"), vec![l.fan_out()], b));
     }
     let st_dtype = match dtype {
@@ -148,14 +162,16 @@ pub fn save_network(path: &Path, net: &Network, dtype: SaveDtype) -> Result<(), 
         .map(|(n, s, d)| {
             (
                 n.clone(),
-                safetensors::tensor::TensorView::new(st_dtype, s.clone(), d).expect("consistent buffer"),
+                safetensors::tensor::TensorView::new(st_dtype, s.clone(), d)
+                    .expect("consistent buffer"),
             )
         })
         .collect();
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "netxray-relu".to_string());
     meta.insert("arch".to_string(), net.arch().to_string());
-    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| bad_file(path, e.to_string()))?;
+    let bytes =
+        safetensors::serialize(views, Some(meta)).map_err(|e| bad_file(path, e.to_string()))?;
     write_atomic(path, &bytes)
 }
 
@@ -173,7 +189,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReluError> {
         path: path.display().to_string(),
         source: e,
     };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("model");
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     {
@@ -203,7 +222,8 @@ fn parse_npy(name: &str, b: &[u8]) -> Result<Raw, ReluError> {
     if b.len() < start + hlen {
         return Err(err("truncated header"));
     }
-    let header = std::str::from_utf8(&b[start..start + hlen]).map_err(|_| err("header is not UTF-8"))?;
+    let header =
+        std::str::from_utf8(&b[start..start + hlen]).map_err(|_| err("header is not UTF-8"))?;
     let descr = header
         .split("'descr':")
         .nth(1)
@@ -227,17 +247,35 @@ fn parse_npy(name: &str, b: &[u8]) -> Result<Raw, ReluError> {
     let data: Vec<f64> = match descr {
         "<f8" => {
             if body.len() < n * 8 {
-                return Err(err(&format!("truncated data: {} of {} bytes", body.len(), n * 8)));
+                return Err(err(&format!(
+                    "truncated data: {} of {} bytes",
+                    body.len(),
+                    n * 8
+                )));
             }
-            body[..n * 8].chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8"))).collect()
+            body[..n * 8]
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8")))
+                .collect()
         }
         "<f4" => {
             if body.len() < n * 4 {
-                return Err(err(&format!("truncated data: {} of {} bytes", body.len(), n * 4)));
+                return Err(err(&format!(
+                    "truncated data: {} of {} bytes",
+                    body.len(),
+                    n * 4
+                )));
             }
-            body[..n * 4].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4")) as f64).collect()
+            body[..n * 4]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4")) as f64)
+                .collect()
         }
-        other => return Err(err(&format!("unsupported dtype '{other}' (expected <f8 or <f4)"))),
+        other => {
+            return Err(err(&format!(
+                "unsupported dtype '{other}' (expected <f8 or <f4)"
+            )));
+        }
     };
     let data = if fortran && shape.len() == 2 {
         let (r, c) = (shape[0], shape[1]);
@@ -253,7 +291,9 @@ fn load_npz(path: &Path, bytes: &[u8]) -> Result<Network, ReluError> {
         .map_err(|e| bad_file(path, format!("not a valid .npz archive ({e})")))?;
     let mut arrays: HashMap<String, Vec<u8>> = HashMap::new();
     for i in 0..zip.len() {
-        let mut f = zip.by_index(i).map_err(|e| bad_file(path, format!("corrupt .npz entry ({e})")))?;
+        let mut f = zip
+            .by_index(i)
+            .map_err(|e| bad_file(path, format!("corrupt .npz entry ({e})")))?;
         let name = f.name().trim_end_matches(".npy").to_string();
         let mut buf = Vec::new();
         f.read_to_end(&mut buf)
@@ -266,13 +306,24 @@ fn load_npz(path: &Path, bytes: &[u8]) -> Result<Network, ReluError> {
         let wn = format!("w{i}");
         let bn = format!("b{i}");
         let w = parse_npy(&wn, wb)?;
-        let b = parse_npy(&bn, arrays.get(&bn).ok_or_else(|| ReluError::MissingTensor(bn.clone()))?)?;
+        let b = parse_npy(
+            &bn,
+            arrays
+                .get(&bn)
+                .ok_or_else(|| ReluError::MissingTensor(bn.clone()))?,
+        )?;
         if w.shape.len() != 2 {
-            return Err(ReluError::tensor(&wn, format!("must be 2-D (fan_in, fan_out), has {:?}", w.shape)));
+            return Err(ReluError::tensor(
+                &wn,
+                format!("must be 2-D (fan_in, fan_out), has {:?}", w.shape),
+            ));
         }
         let (fi, fo) = (w.shape[0], w.shape[1]);
         if b.shape != [fo] {
-            return Err(ReluError::tensor(&bn, format!("must have shape ({fo},), has {:?}", b.shape)));
+            return Err(ReluError::tensor(
+                &bn,
+                format!("must have shape ({fo},), has {:?}", b.shape),
+            ));
         }
         layers.push(Layer {
             weight: Mat::from_fn(fo, fi, |r, c| w.data[c * fo + r]),
@@ -281,7 +332,9 @@ fn load_npz(path: &Path, bytes: &[u8]) -> Result<Network, ReluError> {
         i += 1;
     }
     if layers.is_empty() {
-        return Err(ReluError::MissingTensor("w0 (npz layout w0, b0, w1, b1, …)".into()));
+        return Err(ReluError::MissingTensor(
+            "w0 (npz layout w0, b0, w1, b1, …)".into(),
+        ));
     }
     Network::new(layers)
 }

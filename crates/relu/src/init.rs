@@ -46,7 +46,8 @@ impl Network {
         let mut layers: Vec<Layer> = Vec::with_capacity(arch.num_layers());
         for w in dims.windows(2) {
             let (fan_in, fan_out) = (w[0], w[1]);
-            let mut weight = Mat::<f64>::from_fn(fan_out, fan_in, |_, _| rng.sample::<f64, _>(StandardNormal));
+            let mut weight =
+                Mat::<f64>::from_fn(fan_out, fan_in, |_, _| rng.sample::<f64, _>(StandardNormal));
             match recipe {
                 InitRecipe::He => {
                     let s = (2.0 / fan_in as f64).sqrt();
@@ -58,7 +59,10 @@ impl Network {
                 }
                 InitRecipe::Balanced => {
                     for r in 0..fan_out {
-                        let norm = (0..fan_in).map(|c| weight[(r, c)].powi(2)).sum::<f64>().sqrt();
+                        let norm = (0..fan_in)
+                            .map(|c| weight[(r, c)].powi(2))
+                            .sum::<f64>()
+                            .sqrt();
                         for c in 0..fan_in {
                             weight[(r, c)] /= norm;
                         }
@@ -72,7 +76,9 @@ impl Network {
         }
         if recipe == InitRecipe::Balanced {
             let d0 = arch.input_dim();
-            let probes = Mat::<f64>::from_fn(BALANCED_PROBES, d0, |_, _| rng.sample::<f64, _>(StandardNormal));
+            let probes = Mat::<f64>::from_fn(BALANCED_PROBES, d0, |_, _| {
+                rng.sample::<f64, _>(StandardNormal)
+            });
             let mut h = probes;
             let last = layers.len() - 1;
             for layer in layers.iter_mut().take(last) {
@@ -126,7 +132,8 @@ mod tests {
         let pre = net.preactivations(x.as_ref()).unwrap();
         for z in &pre[..2] {
             for j in 0..z.ncols() {
-                let frac = (0..z.nrows()).filter(|&r| z[(r, j)] > 0.0).count() as f64 / z.nrows() as f64;
+                let frac =
+                    (0..z.nrows()).filter(|&r| z[(r, j)] > 0.0).count() as f64 / z.nrows() as f64;
                 assert!((0.35..0.65).contains(&frac), "active fraction {frac}");
             }
         }

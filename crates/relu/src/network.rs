@@ -45,17 +45,26 @@ impl Network {
     /// Validates and wraps layers. Names tensors `layers.{i}.weight|bias` in errors.
     pub fn new(layers: Vec<Layer>) -> Result<Self, ReluError> {
         if layers.is_empty() {
-            return Err(ReluError::InvalidParam("a network needs at least one layer".into()));
+            return Err(ReluError::InvalidParam(
+                "a network needs at least one layer".into(),
+            ));
         }
         for (i, l) in layers.iter().enumerate() {
             if l.bias.len() != l.fan_out() {
                 return Err(ReluError::tensor(
                     format!("layers.{i}.bias"),
-                    format!("has {} entries but layers.{i}.weight has {} rows", l.bias.len(), l.fan_out()),
+                    format!(
+                        "has {} entries but layers.{i}.weight has {} rows",
+                        l.bias.len(),
+                        l.fan_out()
+                    ),
                 ));
             }
             if l.fan_in() == 0 || l.fan_out() == 0 {
-                return Err(ReluError::tensor(format!("layers.{i}.weight"), "has a zero dimension"));
+                return Err(ReluError::tensor(
+                    format!("layers.{i}.weight"),
+                    "has a zero dimension",
+                ));
             }
             if i > 0 && layers[i - 1].fan_out() != l.fan_in() {
                 return Err(ReluError::tensor(
@@ -73,7 +82,10 @@ impl Network {
                     if !l.weight[(r, c)].is_finite() {
                         return Err(ReluError::tensor(
                             format!("layers.{i}.weight"),
-                            format!("entry [{r}, {c}] is {} (NaN/inf not allowed)", l.weight[(r, c)]),
+                            format!(
+                                "entry [{r}, {c}] is {} (NaN/inf not allowed)",
+                                l.weight[(r, c)]
+                            ),
                         ));
                     }
                 }
@@ -231,7 +243,10 @@ mod tests {
     #[test]
     fn forward_matches_hand_computation() {
         let n = tiny();
-        assert_eq!(n.forward_one(&[2.0, 1.0]).unwrap(), vec![2.0 * 1.0 - 2.0 + 0.5]);
+        assert_eq!(
+            n.forward_one(&[2.0, 1.0]).unwrap(),
+            vec![2.0 * 1.0 - 2.0 + 0.5]
+        );
         assert_eq!(n.forward_one(&[0.0, 1.0]).unwrap(), vec![0.5]);
         assert_eq!(n.num_params(), 9);
     }

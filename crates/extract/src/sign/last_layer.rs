@@ -32,7 +32,9 @@ pub fn recover<O: Oracle + ?Sized>(
     let xs: Vec<Vec<f64>> = (0..n)
         .map(|i| {
             let s = sigma * scales[i % scales.len()];
-            (0..d0).map(|_| s * rng.sample::<f64, _>(StandardNormal)).collect()
+            (0..d0)
+                .map(|_| s * rng.sample::<f64, _>(StandardNormal))
+                .collect()
         })
         .collect();
     let ys = oracle.query_points(&xs)?;
@@ -41,7 +43,12 @@ pub fn recover<O: Oracle + ?Sized>(
         .iter()
         .map(|(_, h)| {
             (0..w)
-                .map(|k| (0..layer.fan_in()).map(|c| layer.weight[(k, c)] * h[c]).sum::<f64>() + layer.bias[k])
+                .map(|k| {
+                    (0..layer.fan_in())
+                        .map(|c| layer.weight[(k, c)] * h[c])
+                        .sum::<f64>()
+                        + layer.bias[k]
+                })
                 .collect()
         })
         .collect();
@@ -87,13 +94,18 @@ pub fn recover<O: Oracle + ?Sized>(
     let y = Mat::<f64>::from_fn(n, dout, |i, j| ys[i][j]);
     let c = lstsq(&f, &y);
     let coef = |j: usize| -> Vec<f64> { (0..dout).map(|o| c[(j, o)]).collect() };
-    let scale_out = (0..n).flat_map(|i| ys[i].iter()).fold(0.0_f64, |m, v| m.max(v.abs()));
+    let scale_out = (0..n)
+        .flat_map(|i| ys[i].iter())
+        .fold(0.0_f64, |m, v| m.max(v.abs()));
     let mut signs = vec![1.0; w];
     let mut conf = vec![0.0; w];
     for k in 0..w {
         if state[k] != 0 {
             // Only the linear feature: non-zero means the neuron is active on the samples.
-            let j = cols.iter().position(|&(kk, r)| kk == k && !r).expect("linear column");
+            let j = cols
+                .iter()
+                .position(|&(kk, r)| kk == k && !r)
+                .expect("linear column");
             let g = norm(&coef(j));
             let zmax = z.iter().fold(0.0_f64, |m, zi| m.max(zi[k].abs()));
             let influential = g * zmax > 1e-9 * scale_out.max(f64::MIN_POSITIVE);
@@ -105,8 +117,14 @@ pub fn recover<O: Oracle + ?Sized>(
             conf[k] = 0.5;
             continue;
         }
-        let ja = cols.iter().position(|&(kk, r)| kk == k && r).expect("relu column");
-        let jb = cols.iter().position(|&(kk, r)| kk == k && !r).expect("linear column");
+        let ja = cols
+            .iter()
+            .position(|&(kk, r)| kk == k && r)
+            .expect("relu column");
+        let jb = cols
+            .iter()
+            .position(|&(kk, r)| kk == k && !r)
+            .expect("linear column");
         let alpha = coef(ja);
         let beta = coef(jb);
         let an = norm(&alpha);
@@ -114,11 +132,25 @@ pub fn recover<O: Oracle + ?Sized>(
             continue;
         }
         let e_plus = norm(&beta) / an;
-        let e_minus = norm(&beta.iter().zip(&alpha).map(|(b, a)| b + a).collect::<Vec<_>>()) / an;
+        let e_minus = norm(
+            &beta
+                .iter()
+                .zip(&alpha)
+                .map(|(b, a)| b + a)
+                .collect::<Vec<_>>(),
+        ) / an;
         signs[k] = if e_plus <= e_minus { 1.0 } else { -1.0 };
         // 1 when one hypothesis fits exactly and the other is off by the full coefficient.
-        let (lo, hi) = if e_plus <= e_minus { (e_plus, e_minus) } else { (e_minus, e_plus) };
-        conf[k] = if hi > 0.0 { (1.0 - lo / hi).clamp(0.0, 1.0) } else { 0.0 };
+        let (lo, hi) = if e_plus <= e_minus {
+            (e_plus, e_minus)
+        } else {
+            (e_minus, e_plus)
+        };
+        conf[k] = if hi > 0.0 {
+            (1.0 - lo / hi).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
     }
     Ok(Some(SignOutcome {
         method: "last-layer-lstsq",

@@ -32,6 +32,8 @@ pub struct SignOutcome {
 impl SignOutcome {
     /// Neurons whose confidence is below `min`.
     pub fn low_confidence(&self, min: f64) -> Vec<usize> {
-        (0..self.signs.len()).filter(|&k| self.confidence[k] < min).collect()
+        (0..self.signs.len())
+            .filter(|&k| self.confidence[k] < min)
+            .collect()
     }
 }

@@ -34,7 +34,12 @@ pub fn recover<O: Oracle + ?Sized>(
     let mut minus = vec![0usize; w];
     let mut usable = 0;
     let with_layer = KnownPrefix {
-        layers: known.layers.iter().cloned().chain(std::iter::once(layer.clone())).collect(),
+        layers: known
+            .layers
+            .iter()
+            .cloned()
+            .chain(std::iter::once(layer.clone()))
+            .collect(),
         input_dim: d0,
     };
     for attempt in 0..points.max(1) * 4 {
@@ -42,7 +47,9 @@ pub fn recover<O: Oracle + ?Sized>(
             break;
         }
         // Random points first; when they lack control rank, points where more earlier units fire.
-        let x0: Vec<f64> = (0..d0).map(|_| sigma * rng.sample::<f64, _>(StandardNormal)).collect();
+        let x0: Vec<f64> = (0..d0)
+            .map(|_| sigma * rng.sample::<f64, _>(StandardNormal))
+            .collect();
         let Some((x, dirs, scale, z)) = full_rank_probe(&with_layer, x0, attempt >= points) else {
             if std::env::var("NETXRAY_DEBUG").is_ok() {
                 eprintln!("soe: no full-rank probe (attempt {attempt})");
@@ -68,14 +75,21 @@ pub fn recover<O: Oracle + ?Sized>(
         let mut resp = vec![None; w];
         for k in 0..w {
             let (yp, ym) = (&ys[1 + 2 * k], &ys[2 + 2 * k]);
-            let sc = f0.iter().chain(yp).chain(ym).fold(0.0_f64, |m, v| m.max(v.abs()));
-            let dev = (0..f0.len()).fold(0.0_f64, |m, i| m.max((yp[i] + ym[i] - 2.0 * f0[i]).abs()));
+            let sc = f0
+                .iter()
+                .chain(yp)
+                .chain(ym)
+                .fold(0.0_f64, |m, v| m.max(v.abs()));
+            let dev =
+                (0..f0.len()).fold(0.0_f64, |m, i| m.max((yp[i] + ym[i] - 2.0 * f0[i]).abs()));
             // A deeper unit flipped inside the stencil: no vote from this direction.
             if dev > rel_tol * sc.max(f64::MIN_POSITIVE) {
                 continue;
             }
             // Response per unit of ẑ_k.
-            let d: Vec<f64> = (0..f0.len()).map(|i| (yp[i] - ym[i]) / (2.0 * eps) * scale[k]).collect();
+            let d: Vec<f64> = (0..f0.len())
+                .map(|i| (yp[i] - ym[i]) / (2.0 * eps) * scale[k])
+                .collect();
             resp[k] = Some(norm(&d));
         }
         usable += 1;
@@ -83,7 +97,10 @@ pub fn recover<O: Oracle + ?Sized>(
         if big == 0.0 {
             continue;
         }
-        let sc = f0.iter().fold(0.0_f64, |m, v| m.max(v.abs())).max(big * eps);
+        let sc = f0
+            .iter()
+            .fold(0.0_f64, |m, v| m.max(v.abs()))
+            .max(big * eps);
         for k in 0..w {
             let Some(r) = resp[k] else { continue };
             // Non-zero beyond rounding: rounding of a difference quotient is ~1e-16·|f|/eps.
@@ -174,7 +191,9 @@ fn full_rank_probe(
         let a = Mat::<f64>::from_fn(rows.len(), d0, |i, j| rows[i][j]);
         let dx = if rows.len() <= d0 {
             let (p, _) = right_pinv(&a)?;
-            (0..d0).map(|i| (0..rows.len()).map(|j| p[(i, j)] * rhs[j]).sum::<f64>()).collect::<Vec<f64>>()
+            (0..d0)
+                .map(|i| (0..rows.len()).map(|j| p[(i, j)] * rhs[j]).sum::<f64>())
+                .collect::<Vec<f64>>()
         } else {
             let b = Mat::<f64>::from_fn(rows.len(), 1, |i, _| rhs[i]);
             let sol = crate::linalg::lstsq(&a, &b);

@@ -39,7 +39,13 @@ fn place(with_layer: &KnownPrefix, k: usize, rng: &mut ChaCha20Rng, sigma: f64) 
     let empty = Mat::<f64>::zeros(d0, 0);
     let zk: Vec<f64> = bps
         .iter()
-        .map(|&t| with_layer.local(&line.at(t), &empty).pre.last().and_then(|z| z.get(k).copied()))
+        .map(|&t| {
+            with_layer
+                .local(&line.at(t), &empty)
+                .pre
+                .last()
+                .and_then(|z| z.get(k).copied())
+        })
         .collect::<Option<Vec<f64>>>()?;
     let j = (0..bps.len() - 1).find(|&j| (zk[j] > 0.0) != (zk[j + 1] > 0.0))?;
     let t = bps[j] + (bps[j + 1] - bps[j]) * zk[j] / (zk[j] - zk[j + 1]);
@@ -94,7 +100,11 @@ fn place(with_layer: &KnownPrefix, k: usize, rng: &mut ChaCha20Rng, sigma: f64) 
         return None;
     }
     delta.iter_mut().for_each(|v| *v *= t);
-    Some(Probe { neuron: k, x, delta })
+    Some(Probe {
+        neuron: k,
+        x,
+        delta,
+    })
 }
 
 /// Votes with `samples` probes for each neuron in `neurons`; returns (plus, minus) counts per neuron.
@@ -158,7 +168,12 @@ pub fn recover<O: Oracle + ?Sized>(
     let w = layer.fan_out();
     let q0 = oracle.queries();
     let with_layer = KnownPrefix {
-        layers: known.layers.iter().cloned().chain(std::iter::once(layer.clone())).collect(),
+        layers: known
+            .layers
+            .iter()
+            .cloned()
+            .chain(std::iter::once(layer.clone()))
+            .collect(),
         input_dim: known.input_dim,
     };
     let mut counts = vec![(0usize, 0usize); w];
@@ -166,18 +181,35 @@ pub fn recover<O: Oracle + ?Sized>(
     vote(oracle, &with_layer, &all, samples, sigma, rng, &mut counts)?;
     let conf_of = |c: (usize, usize)| -> f64 {
         let tot = c.0 + c.1;
-        if tot == 0 { 0.0 } else { c.0.max(c.1) as f64 / tot as f64 }
+        if tot == 0 {
+            0.0
+        } else {
+            c.0.max(c.1) as f64 / tot as f64
+        }
     };
     for round in 1..=2 {
-        let low: Vec<usize> = (0..w).filter(|&k| conf_of(counts[k]) < confidence_min).collect();
+        let low: Vec<usize> = (0..w)
+            .filter(|&k| conf_of(counts[k]) < confidence_min)
+            .collect();
         if low.is_empty() {
             break;
         }
-        vote(oracle, &with_layer, &low, samples * 4 * round, sigma, rng, &mut counts)?;
+        vote(
+            oracle,
+            &with_layer,
+            &low,
+            samples * 4 * round,
+            sigma,
+            rng,
+            &mut counts,
+        )?;
     }
     Ok(SignOutcome {
         method: "neuron-wiggle",
-        signs: counts.iter().map(|c| if c.0 >= c.1 { 1.0 } else { -1.0 }).collect(),
+        signs: counts
+            .iter()
+            .map(|c| if c.0 >= c.1 { 1.0 } else { -1.0 })
+            .collect(),
         confidence: counts.iter().map(|&c| conf_of(c)).collect(),
         queries: oracle.queries() - q0,
     })
