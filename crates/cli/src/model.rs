@@ -58,7 +58,7 @@ pub struct CompareArgs {
     pub json: bool,
 }
 
-fn load(p: &PathBuf) -> Result<Network> {
+fn load(p: &std::path::Path) -> Result<Network> {
     load_network(p).with_context(|| format!("cannot load {}", p.display()))
 }
 

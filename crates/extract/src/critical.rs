@@ -55,6 +55,9 @@ pub struct SearchTol {
     pub min_interval_rel: f64,
 }
 
+/// A single-kink candidate: interval, crossing, predicted value, jump, f(q1), f(q3).
+type Candidate = (Interval, f64, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+
 struct Interval {
     line: usize,
     a: f64,
@@ -129,7 +132,7 @@ pub fn find_critical_points<O: Oracle + ?Sized>(
         let ys = oracle.query_points(&pts)?;
         let mut next: Vec<Interval> = Vec::new();
         // Candidates: (interval, t*, predicted value, jump, f1, f3)
-        let mut cands: Vec<(Interval, f64, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>)> = Vec::new();
+        let mut cands: Vec<Candidate> = Vec::new();
         for (k, iv) in queue.into_iter().enumerate() {
             let (q1, q3) = (0.5 * (iv.a + iv.m), 0.5 * (iv.m + iv.b));
             let f1 = ys[2 * k].clone();

@@ -391,7 +391,7 @@ pub fn recover_layer<O: Oracle + ?Sized>(
         // can masquerade as a neuron inside one activation region) does not.
         let fresh: Vec<usize> = (0..bank.estimates.len())
             .filter(|&i| {
-                validated.get(&est_key(&bank.estimates[i])).is_none()
+                !validated.contains_key(&est_key(&bank.estimates[i]))
                     && is_complete(&bank.estimates[i], &alive, p, &following)
             })
             .collect();

@@ -350,7 +350,8 @@ pub fn extract<O: Oracle + ?Sized>(
         verify_queries,
         verify_rel_error,
     };
-    if !(verify_rel_error <= VERIFY_REL_TOL) {
+    // NaN counts as a failure too.
+    if verify_rel_error.is_nan() || verify_rel_error > VERIFY_REL_TOL {
         return Err(ExtractError::VerificationFailed {
             rel_error: verify_rel_error,
             extraction: Box::new(Extraction { network, report }),

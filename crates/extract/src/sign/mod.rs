@@ -8,6 +8,7 @@
 //!   that move one neuron's pre-activation at a time: a non-zero response proves that neuron active,
 //!   so its sign is the sign of `ẑ` there. Exact, no votes on noise.
 //! - [`wiggle`]: the neuron wiggle for expansive layers, a vote with a confidence per neuron.
+//!
 //! Every neuron gets a confidence; low confidence is reported, never silently trusted.
 
 pub mod last_layer;

@@ -136,15 +136,14 @@ pub fn recover<O: Oracle + ?Sized>(
     }))
 }
 
+/// A probe: point, unit directions, their scales, pre-activations.
+type Probe = (Vec<f64>, Mat<f64>, Vec<f64>, Vec<f64>);
+
 /// Probe point where the recovered layer has full control rank: `Z = Ŵ J` (input-space gradients of the
 /// layer's pre-activations) of full row rank. Returns the point, unit directions `v_k ∝ Z⁺ e_k`, their
 /// norms `|Z⁺ e_k|`, and the pre-activations. With `climb`, first moves the point (offline) so that
 /// inactive earlier units turn on, since control rank is the number of active units.
-fn full_rank_probe(
-    with_layer: &KnownPrefix,
-    mut x: Vec<f64>,
-    climb: bool,
-) -> Option<(Vec<f64>, Mat<f64>, Vec<f64>, Vec<f64>)> {
+fn full_rank_probe(with_layer: &KnownPrefix, mut x: Vec<f64>, climb: bool) -> Option<Probe> {
     let d0 = with_layer.input_dim;
     let eye = Mat::<f64>::identity(d0, d0);
     let nl = with_layer.layers.len();
