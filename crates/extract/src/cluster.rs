@@ -33,8 +33,12 @@ pub struct NeuronEstimate {
     pub gap: f64,
     /// A few input points on this neuron's hyperplane (measured witnesses), for hyperplane following.
     pub anchors: Vec<Vec<f64>>,
+    /// Full-witness signatures (active units, unit row on them), expanded into rows when solving.
+    fulls: Vec<(Vec<usize>, Vec<f64>)>,
     /// Rows were added since the last solve.
     dirty: bool,
+    /// Witness-collection round in which the estimate was created.
+    pub born: usize,
 }
 
 /// Anchors kept per estimate.
@@ -56,7 +60,9 @@ impl NeuronEstimate {
             residual: 1.0,
             gap: 0.0,
             anchors: Vec::new(),
+            fulls: Vec::new(),
             dirty: false,
+            born: 0,
         }
     }
 
@@ -79,7 +85,11 @@ impl NeuronEstimate {
     /// Adds a measured witness (signature rows and its hyperplane row).
     pub fn add_witness(&mut self, w: &Witness) {
         let yn = norm(&w.y);
-        if yn > 0.0 {
+        if let Some(full) = &w.full {
+            // Stored compactly (|A| numbers); expanded into rows only while solving, so thousands of
+            // lone witnesses on wide inputs cost little memory.
+            self.fulls.push((w.active.clone(), full.clone()));
+        } else if yn > 0.0 {
             let yh: Vec<f64> = w.y.iter().map(|v| v / yn).collect();
             let r = w.a_rows.nrows();
             let dim = self.dim();
@@ -120,18 +130,34 @@ impl NeuronEstimate {
             return;
         }
         self.dirty = false;
+        let p = dim + 1;
+        // Rows of a full witness f on A: e_a − f_a·f for a ∈ A (the projection orthogonal to f).
+        let mut all: Vec<Vec<f64>> = self.rows.clone();
+        for (act, f) in &self.fulls {
+            for (i, &a) in act.iter().enumerate() {
+                let mut row = vec![0.0; p];
+                for (j, &b) in act.iter().enumerate() {
+                    row[b] = -f[i] * f[j];
+                }
+                row[a] += 1.0;
+                if let Some(u) = unit(row) {
+                    all.push(u);
+                }
+            }
+        }
         // Keep memory and solve time bounded: many rows are replaced by the triangular factor of their
         // QR decomposition, which has the same Gram matrix (same singular values and null space).
-        let p = dim + 1;
-        if self.rows.len() > 2 * p {
-            let all = Mat::<f64>::from_fn(self.rows.len(), p, |i, j| self.rows[i][j]);
-            let qr = all.qr();
+        if all.len() > 2 * p {
+            let m = Mat::<f64>::from_fn(all.len(), p, |i, j| all[i][j]);
+            let qr = m.qr();
             let r = qr.R();
-            self.rows = (0..r.nrows().min(p))
+            all = (0..r.nrows().min(p))
                 .map(|i| (0..p).map(|j| r[(i, j)]).collect())
                 .collect();
+            self.rows = all.clone();
+            self.fulls.clear();
         }
-        let m = Mat::<f64>::from_fn(self.rows.len(), cols.len(), |i, j| self.rows[i][cols[j]]);
+        let m = Mat::<f64>::from_fn(all.len(), cols.len(), |i, j| all[i][cols[j]]);
         if let Some((x, res, gap)) = null_vector(&m) {
             let mut theta = vec![0.0; dim + 1];
             for (j, &c) in cols.iter().enumerate() {
@@ -194,6 +220,7 @@ impl NeuronEstimate {
     /// Merges another estimate's evidence into this one.
     pub fn absorb(&mut self, other: NeuronEstimate) {
         self.rows.extend(other.rows);
+        self.fulls.extend(other.fulls);
         self.lines.extend(other.lines);
         self.witnesses += other.witnesses;
         for a in other.anchors {
@@ -218,6 +245,8 @@ pub struct NeuronBank {
     /// Estimates (some may be deeper-layer noise until they gather enough evidence).
     pub estimates: Vec<NeuronEstimate>,
     dim: usize,
+    /// Current witness-collection round (stamped on new estimates).
+    pub round: usize,
 }
 
 /// Tolerances for the bank.
@@ -239,6 +268,7 @@ impl NeuronBank {
         Self {
             estimates: Vec::new(),
             dim,
+            round: 0,
         }
     }
 
@@ -280,9 +310,16 @@ impl NeuronBank {
             let mut j = i + 1;
             while j < self.estimates.len() {
                 let (a, b) = (&self.estimates[i], &self.estimates[j]);
-                let common: Vec<usize> = (0..self.dim)
-                    .filter(|&k| a.known[k] && b.known[k])
-                    .collect();
+                // Two estimates that both constrain every coordinate would already have been joined
+                // when their witnesses were compared; only fragments need this pass.
+                let fragments = !a.known.iter().all(|&k| k) || !b.known.iter().all(|&k| k);
+                let common: Vec<usize> = if fragments {
+                    (0..self.dim)
+                        .filter(|&k| a.known[k] && b.known[k])
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 let mut merged = false;
                 if common.len() >= tol.min_common {
                     let va: Vec<f64> = common.iter().map(|&k| a.theta[k]).collect();
@@ -352,6 +389,7 @@ impl NeuronBank {
         }
         if w.full.is_some() {
             let mut e = NeuronEstimate::new(self.dim);
+            e.born = self.round;
             e.add_witness(w);
             e.solve();
             self.estimates.push(e);

@@ -18,6 +18,9 @@ use serde::Serialize;
 /// default null-space residual bound, so an attached point cannot spoil the joint solve.
 pub const PLANE_TOL: f64 = 1e-8;
 
+/// Rounds after which a single-witness estimate with no partner is dropped.
+const STALE_ROUNDS: usize = 4;
+
 /// One recovered (unsigned) neuron.
 #[derive(Debug, Clone, Serialize)]
 pub struct RecoveredNeuron {
@@ -257,6 +260,16 @@ pub fn recover_layer<O: Oracle + ?Sized>(
         // The first round uses one line: every neuron it meets is measured once, and later lines can
         // then be matched for free by the hyperplane test.
         let n_lines = if round == 0 { 1 } else { p.lines_per_round };
+        bank.round = round;
+        // Forget lone witnesses that found no partner within a few rounds: almost always kinks of deeper
+        // layers (a real neuron of this layer is met again by most new lines). Keeps the bank small.
+        if round >= STALE_ROUNDS {
+            bank.estimates.retain(|e| {
+                e.witnesses > 1
+                    || e.born + STALE_ROUNDS > round
+                    || independent_lines(e, &following) >= p.min_witnesses
+            });
+        }
         let first = lines.len();
         // Units that some promising estimate still lacks: aim half of the new lines through points
         // where such a unit is active, so rarely active inputs get witnessed too.
