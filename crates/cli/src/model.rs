@@ -4,7 +4,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use netxray_relu::compare::{CompareOptions, compare as compare_nets};
 use netxray_relu::format::{SaveDtype, load_network, save_network};
-use netxray_relu::{Arch, InitRecipe, Network};
+use netxray_relu::{Arch, InitRecipe, Network, ReluError};
+use serde::Serialize;
 use std::path::PathBuf;
 
 /// Arguments of `model new`.
@@ -59,7 +60,11 @@ pub struct CompareArgs {
 }
 
 fn load(p: &std::path::Path) -> Result<Network> {
-    load_network(p).with_context(|| format!("cannot load {}", p.display()))
+    load_network(p).map_err(|e| match e {
+        // These already name the file.
+        ReluError::BadFile { .. } | ReluError::Io { .. } => anyhow::Error::new(e),
+        other => anyhow::anyhow!("{}: {other}", p.display()),
+    })
 }
 
 /// `model new`.
@@ -81,46 +86,130 @@ pub fn new(a: NewArgs) -> Result<()> {
     Ok(())
 }
 
+/// Summary statistics of a list of values.
+#[derive(Debug, Serialize)]
+struct Stats {
+    min: f64,
+    max: f64,
+    mean_abs: f64,
+    max_abs: f64,
+    zeros: usize,
+    count: usize,
+}
+
+fn stats(values: impl Iterator<Item = f64>) -> Stats {
+    let mut s = Stats {
+        min: f64::INFINITY,
+        max: f64::NEG_INFINITY,
+        mean_abs: 0.0,
+        max_abs: 0.0,
+        zeros: 0,
+        count: 0,
+    };
+    let mut sum_abs = 0.0;
+    for v in values {
+        s.min = s.min.min(v);
+        s.max = s.max.max(v);
+        s.max_abs = s.max_abs.max(v.abs());
+        sum_abs += v.abs();
+        s.zeros += usize::from(v == 0.0);
+        s.count += 1;
+    }
+    if s.count == 0 {
+        s.min = 0.0;
+        s.max = 0.0;
+    } else {
+        s.mean_abs = sum_abs / s.count as f64;
+    }
+    s
+}
+
+/// One layer of `model inspect`.
+#[derive(Debug, Serialize)]
+struct LayerInfo {
+    layer: usize,
+    weight: String,
+    bias: String,
+    /// `[out, in]`.
+    shape: [usize; 2],
+    activation: &'static str,
+    weight_stats: Stats,
+    bias_stats: Stats,
+}
+
+/// The output of `model inspect --json`.
+#[derive(Debug, Serialize)]
+struct InspectReport {
+    schema: u32,
+    file: String,
+    architecture: String,
+    parameters: usize,
+    layers: Vec<LayerInfo>,
+}
+
 /// `model inspect`.
 pub fn inspect(a: InspectArgs) -> Result<()> {
     let net = load(&a.file)?;
-    let layers: Vec<serde_json::Value> = net
+    let n = net.layers().len();
+    let layers: Vec<LayerInfo> = net
         .layers()
         .iter()
         .enumerate()
-        .map(|(i, l)| {
-            let ws: Vec<f64> = (0..l.fan_out())
-                .flat_map(|r| (0..l.fan_in()).map(move |c| (r, c)))
-                .map(|(r, c)| l.weight[(r, c)])
-                .collect();
-            let maxabs = ws.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
-            let meanabs = ws.iter().map(|v| v.abs()).sum::<f64>() / ws.len() as f64;
-            let zeros = ws.iter().filter(|v| **v == 0.0).count();
-            serde_json::json!({
-                "layer": i, "shape": [l.fan_out(), l.fan_in()],
-                "weight_max_abs": maxabs, "weight_mean_abs": meanabs, "weight_zeros": zeros,
-                "bias_max_abs": l.bias.iter().fold(0.0_f64, |m, v| m.max(v.abs())),
-            })
+        .map(|(i, l)| LayerInfo {
+            layer: i,
+            weight: format!("layers.{i}.weight"),
+            bias: format!("layers.{i}.bias"),
+            shape: [l.fan_out(), l.fan_in()],
+            activation: if i + 1 < n { "relu" } else { "linear" },
+            weight_stats: stats(
+                (0..l.fan_out()).flat_map(|r| (0..l.fan_in()).map(move |c| l.weight[(r, c)])),
+            ),
+            bias_stats: stats(l.bias.iter().copied()),
         })
         .collect();
+    let report = InspectReport {
+        schema: 1,
+        file: a.file.display().to_string(),
+        architecture: net.arch().to_string(),
+        parameters: net.num_params(),
+        layers,
+    };
     if a.json {
-        let v = serde_json::json!({"architecture": net.arch().to_string(), "parameters": net.num_params(), "layers": layers});
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    println!("file: {}", a.file.display());
-    println!("architecture: {}", net.arch());
-    println!("parameters: {}", net.num_params());
-    for l in layers {
+    println!("file: {}", report.file);
+    println!("architecture: {}", report.architecture);
+    println!("parameters: {}", report.parameters);
+    println!(
+        "{:<18} {:>12} {:>7} | {:>10} {:>10} {:>10} {:>6} | {:>10} {:>10} {:>10} {:>6}",
+        "tensor",
+        "[out, in]",
+        "act",
+        "w min",
+        "w max",
+        "w mean|.|",
+        "w=0",
+        "b min",
+        "b max",
+        "b mean|.|",
+        "b=0"
+    );
+    for l in &report.layers {
+        let (w, b) = (&l.weight_stats, &l.bias_stats);
         println!(
-            "  layers.{}: [{}, {}]  |w| max {:.4} mean {:.4}  zeros {}  |b| max {:.4}",
-            l["layer"],
-            l["shape"][0],
-            l["shape"][1],
-            l["weight_max_abs"].as_f64().unwrap_or(0.0),
-            l["weight_mean_abs"].as_f64().unwrap_or(0.0),
-            l["weight_zeros"],
-            l["bias_max_abs"].as_f64().unwrap_or(0.0)
+            "{:<18} {:>12} {:>7} | {:>10.4e} {:>10.4e} {:>10.4e} {:>6} | {:>10.4e} {:>10.4e} {:>10.4e} {:>6}",
+            format!("layers.{}", l.layer),
+            format!("[{}, {}]", l.shape[0], l.shape[1]),
+            l.activation,
+            w.min,
+            w.max,
+            w.mean_abs,
+            w.zeros,
+            b.min,
+            b.max,
+            b.mean_abs,
+            b.zeros
         );
     }
     Ok(())
@@ -136,23 +225,56 @@ pub fn compare(a: CompareArgs) -> Result<()> {
             samples: a.samples,
             seed: a.seed,
         },
-    )?;
+    )
+    .context("cannot compare")?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
     }
     println!("architecture: {}", r.arch);
     println!(
-        "max |dtheta|: {:.3e} ({:.1} bits) at {}",
-        r.max_param_error, r.param_bits, r.worst_tensor
+        "max |dtheta|: {:.3e} ({:.1} bits) at {}{:?}",
+        r.max_param_error, r.param_bits, r.worst_tensor, r.worst_index
     );
     println!(
-        "max |f - f^|: {:.3e} ({:.1} bits), relative {:.3e}, on {} inputs",
-        r.max_output_error, r.output_bits, r.max_output_error_rel, r.samples
+        "max |f - f^|: {:.3e} ({:.1} bits); relative to max |f| = {:.3e}: {:.3e} ({:.1} bits); {} inputs (seed {})",
+        r.max_output_error,
+        r.output_bits,
+        r.max_abs_output,
+        r.max_output_error_rel,
+        r.output_rel_bits,
+        r.samples,
+        r.seed
     );
-    println!("label agreement: {:.4}", r.label_agreement);
-    if !r.dead.is_empty() {
-        println!("dead neurons excluded (layer, neuron): {:?}", r.dead);
+    println!(
+        "label agreement ({}): {:.4}",
+        r.agreement_kind, r.label_agreement
+    );
+    println!();
+    println!(
+        "{:<18} {:>12} {:>8} {:>14} {:>10}",
+        "tensor", "max |dtheta|", "bits", "at", "compared"
+    );
+    for t in &r.tensors {
+        println!(
+            "{:<18} {:>12.3e} {:>8.1} {:>14} {:>10}",
+            t.tensor,
+            t.max_abs_error,
+            t.bits,
+            format!("{:?}", t.index),
+            t.compared
+        );
+    }
+    if r.dead.is_empty() {
+        println!("dead neurons excluded: none");
+    } else {
+        println!("dead neurons excluded ({}):", r.dead.len());
+        for d in &r.dead {
+            println!(
+                "  hidden layer {} neuron {} (candidate {}): {:?}",
+                d.layer, d.neuron, d.candidate, d.reason
+            );
+        }
     }
     Ok(())
 }

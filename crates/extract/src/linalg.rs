@@ -39,11 +39,45 @@ pub fn null_vector(m: &Mat<f64>) -> Option<(Vec<f64>, f64, f64)> {
     Some((x, smin / smax, s2 / smax))
 }
 
-/// Least-squares solution of `a x ≈ b` (columns of `b` solved independently) through QR.
+/// Least-squares solution of `a x ≈ b` (columns of `b` solved independently): QR when `a` has full
+/// column rank, otherwise the minimum-norm solution through the SVD (singular values below 1e-12 of
+/// the largest dropped), so rank-deficient systems never produce NaN/inf.
 pub fn lstsq(a: &Mat<f64>, b: &Mat<f64>) -> Mat<f64> {
     use faer::linalg::solvers::SolveLstsq;
+    if a.nrows() >= a.ncols() {
+        let x = a.qr().solve_lstsq(b);
+        if (0..x.ncols()).all(|j| x.col(j).iter().all(|v| v.is_finite())) && full_rank(a) {
+            return x;
+        }
+    }
+    let Ok(svd) = a.thin_svd() else {
+        return Mat::zeros(a.ncols(), b.ncols());
+    };
+    let s: Vec<f64> = svd.S().column_vector().iter().copied().collect();
+    let smax = s.iter().cloned().fold(0.0, f64::max);
+    let (u, v) = (svd.U(), svd.V());
+    let utb = u.transpose() * b;
+    let mut x = Mat::<f64>::zeros(a.ncols(), b.ncols());
+    for k in 0..s.len() {
+        if s[k] > 1e-12 * smax {
+            for j in 0..b.ncols() {
+                let c = utb[(k, j)] / s[k];
+                for i in 0..a.ncols() {
+                    x[(i, j)] += v[(i, k)] * c;
+                }
+            }
+        }
+    }
+    x
+}
+
+/// Whether the R factor of `a` has no negligible diagonal entry.
+fn full_rank(a: &Mat<f64>) -> bool {
     let qr = a.qr();
-    qr.solve_lstsq(b)
+    let r = qr.R();
+    let n = r.nrows().min(r.ncols());
+    let dmax = (0..n).map(|i| r[(i, i)].abs()).fold(0.0, f64::max);
+    (0..n).all(|i| r[(i, i)].abs() > 1e-11 * dmax)
 }
 
 /// Pseudo-inverse columns: for `j` (`r × d`) of full row rank, returns `d × r` with `j · out = I`,

@@ -109,7 +109,7 @@ fn wrong_architecture_is_rejected() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
     /// Whatever the shape and seed: either the result is right, or the attack says it failed.
     #[test]
     fn never_silently_wrong(
