@@ -10,6 +10,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/netxray-target}"
 MODELS="${1:-../shared/models/extraction}"
 DATA="${2:-../shared/datasets/fashion-mnist}"
 SEED="${SEED:-1}"
+# Query budget per target, so that a target out of reach ends with a clear "budget exhausted" row.
+MAX_QUERIES="${MAX_QUERIES:-3000000}"
 cargo build --quiet --release -p netxray
 BIN="$CARGO_TARGET_DIR/release/netxray"
 WORK="$(mktemp -d)"
@@ -19,7 +21,8 @@ targets=()
 for m in 10-15-15-1 40-20-10-10-1 784-32-1; do
   [ -f "$MODELS/cjm_${m}_seed42.npz" ] && targets+=("ref:$m|$MODELS/cjm_${m}_seed42.npz")
 done
-for spec in "10-20-20-1 balanced" "20-40-40-10 balanced" "40-20-10-10-1 he" "64-128-128-128-10 balanced" "784-64-64-64-10 balanced"; do
+for spec in "10-20-20-1 balanced" "20-40-40-10 balanced" "40-20-10-10-1 he" "64-32-32-32-10 balanced" \
+  "64-128-128-10 balanced" "64-128-128-128-10 balanced" "784-64-64-64-10 balanced"; do
   set -- $spec
   "$BIN" model new --arch "$1" --init "$2" --seed 7 --out "$WORK/$1-$2.safetensors" >/dev/null
   targets+=("$2:$1|$WORK/$1-$2.safetensors")
@@ -35,7 +38,7 @@ for t in "${targets[@]}"; do
   name="${t%%|*}"; file="${t#*|}"
   if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then continue; fi
   out="$WORK/stolen.safetensors"; rep="$WORK/report.json"; rm -f "$out" "$rep"
-  /usr/bin/time -f '%e %M' -o "$WORK/time" "$BIN" extract --target "$file" --out "$out" --report "$rep" --seed "$SEED" \
+  /usr/bin/time -f '%e %M' -o "$WORK/time" "$BIN" extract --target "$file" --out "$out" --report "$rep" --seed "$SEED" --max-queries "$MAX_QUERIES" \
     >"$WORK/log" 2>&1
   status=$?
   read -r wall rss < <(tail -n 1 "$WORK/time") || { wall=NA; rss=0; }

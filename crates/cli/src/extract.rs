@@ -64,6 +64,7 @@ pub fn run(a: ExtractArgs) -> Result<()> {
         let _ = rayon_pool(t);
     }
     let bar = ProgressBar::new(0);
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template(
             "{prefix:>9} [{bar:30}] {pos}/{len} neurons {msg} ({elapsed})",

@@ -44,6 +44,22 @@ pub struct NeuronEstimate {
 /// Anchors kept per estimate.
 const MAX_ANCHORS: usize = 4;
 
+/// Are `a` and `b` parallel up to sign: ‖a/‖a‖ ∓ b/‖b‖‖ ≤ tol (false if either is zero)?
+fn parallel(a: &[f64], b: &[f64], tol: f64) -> bool {
+    let (na, nb) = (norm(a), norm(b));
+    if na == 0.0 || nb == 0.0 {
+        return false;
+    }
+    let s = if dot(a, b) >= 0.0 { 1.0 } else { -1.0 };
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x / na - s * y / nb).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    diff <= tol
+}
+
 fn unit(v: Vec<f64>) -> Option<Vec<f64>> {
     let n = norm(&v);
     (n > 0.0 && n.is_finite()).then(|| v.into_iter().map(|x| x / n).collect())
@@ -203,18 +219,7 @@ impl NeuronEstimate {
         }
         let a: Vec<f64> = common.iter().map(|&(i, _)| full[i]).collect();
         let b: Vec<f64> = common.iter().map(|&(_, c)| self.theta[c]).collect();
-        let (na, nb) = (norm(&a), norm(&b));
-        if na == 0.0 || nb == 0.0 {
-            return false;
-        }
-        let s = if dot(&a, &b) >= 0.0 { 1.0 } else { -1.0 };
-        let diff = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| (x / na - s * y / nb).powi(2))
-            .sum::<f64>()
-            .sqrt();
-        diff <= tol
+        parallel(&a, &b, tol)
     }
 
     /// Merges another estimate's evidence into this one.
@@ -324,16 +329,8 @@ impl NeuronBank {
                 if common.len() >= tol.min_common {
                     let va: Vec<f64> = common.iter().map(|&k| a.theta[k]).collect();
                     let vb: Vec<f64> = common.iter().map(|&k| b.theta[k]).collect();
-                    let (na, nb) = (norm(&va), norm(&vb));
-                    if na > 0.0 && nb > 0.0 {
-                        let s = if dot(&va, &vb) >= 0.0 { 1.0 } else { -1.0 };
-                        let diff = va
-                            .iter()
-                            .zip(&vb)
-                            .map(|(x, y)| (x / na - s * y / nb).powi(2))
-                            .sum::<f64>()
-                            .sqrt();
-                        if diff <= tol.cluster_tol {
+                    {
+                        if parallel(&va, &vb, tol.cluster_tol) {
                             let mut trial = a.clone();
                             trial.absorb(b.clone());
                             trial.solve();

@@ -24,6 +24,22 @@ pub enum ExtractError {
         /// What went wrong.
         reason: String,
     },
+    /// The query budget ran out while recovering `layer`; the hidden layers finished before it are
+    /// attached (signed, canonical gauge) so that the work is not lost.
+    #[error(
+        "query budget of {budget} exhausted after {used} queries while recovering hidden layer {layer} ({} earlier layers recovered)",
+        recovered.len()
+    )]
+    BudgetExhausted {
+        /// 1-based hidden layer being recovered.
+        layer: usize,
+        /// The budget.
+        budget: u64,
+        /// Queries answered.
+        used: u64,
+        /// Hidden layers recovered before the budget ran out.
+        recovered: Vec<netxray_relu::Layer>,
+    },
     /// The architecture given does not fit the oracle.
     #[error("architecture mismatch: {0}")]
     Arch(String),

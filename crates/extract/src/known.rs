@@ -38,6 +38,17 @@ impl KnownPrefix {
         }
     }
 
+    /// This prefix followed by `layer` (for offline work on a layer recovered up to sign: zero sets and
+    /// margins do not depend on the sign).
+    pub fn extended(&self, layer: &Layer) -> KnownPrefix {
+        let mut layers = self.layers.clone();
+        layers.push(layer.clone());
+        KnownPrefix {
+            layers,
+            input_dim: self.input_dim,
+        }
+    }
+
     /// Width of the output of the known prefix (`d0` when empty).
     pub fn out_dim(&self) -> usize {
         self.layers

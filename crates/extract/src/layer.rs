@@ -103,6 +103,27 @@ pub fn free_segments_in(
         .collect()
 }
 
+/// Measures the signatures of `cps` and adds every usable witness to the bank, counting queries.
+fn measure_into<O: Oracle + ?Sized>(
+    oracle: &CountingOracle<'_, O>,
+    known: &KnownPrefix,
+    lines: &[Line],
+    cps: &[CriticalPoint],
+    stencil: StencilParams,
+    bank: &mut NeuronBank,
+    tol: &BankTol,
+    out: &mut LayerSignatures,
+) -> Result<(), ExtractError> {
+    let q0 = oracle.queries();
+    let ws = measure(oracle, known, lines, cps, stencil)?;
+    out.signature_queries += oracle.queries() - q0;
+    for w in ws.into_iter().flatten() {
+        out.measured_witnesses += 1;
+        bank.add_witness(&w, tol);
+    }
+    Ok(())
+}
+
 /// Identity of an estimate for bookkeeping: the bits of its first anchor point.
 fn est_key(e: &NeuronEstimate) -> Vec<u64> {
     e.anchors
@@ -339,13 +360,16 @@ pub fn recover_layer<O: Oracle + ?Sized>(
                 }
             }
             bank.solve_dirty();
-            let q0 = oracle.queries();
-            let ws = measure(oracle, known, &lines, &to_measure, stencil)?;
-            out.signature_queries += oracle.queries() - q0;
-            for w in ws.into_iter().flatten() {
-                out.measured_witnesses += 1;
-                bank.add_witness(&w, &tol);
-            }
+            measure_into(
+                oracle,
+                known,
+                &lines,
+                &to_measure,
+                stencil,
+                &mut bank,
+                &tol,
+                &mut out,
+            )?;
         }
         // Hyperplane following: from a witness of an incomplete estimate, walk along its hyperplane into
         // the region where a unit it lacks is active, then look for its (bent) hyperplane there.
@@ -388,13 +412,16 @@ pub fn recover_layer<O: Oracle + ?Sized>(
                         to_measure.push(cp);
                     }
                 }
-                let q0 = oracle.queries();
-                let ws = measure(oracle, known, &lines, &to_measure, stencil)?;
-                out.signature_queries += oracle.queries() - q0;
-                for w in ws.into_iter().flatten() {
-                    out.measured_witnesses += 1;
-                    bank.add_witness(&w, &tol);
-                }
+                measure_into(
+                    oracle,
+                    known,
+                    &lines,
+                    &to_measure,
+                    stencil,
+                    &mut bank,
+                    &tol,
+                    &mut out,
+                )?;
                 tracing::debug!(following = lines.len() - base, "hyperplane following");
             }
         }

@@ -247,7 +247,7 @@ pub fn extract<O: Oracle + ?Sized>(
         let sig = recover_layer(&co, &known, width, p, &mut rng, |done, width| {
             progress(ProgressEvent::Neurons { done, width })
         })
-        .map_err(|e| at_layer(e, layer_no))?;
+        .map_err(|e| at_layer(e, layer_no, &known))?;
         let sig_secs = t0.elapsed().as_secs_f64();
         let dim = known.out_dim();
         let mut weight = Mat::<f64>::zeros(width, dim);
@@ -268,7 +268,7 @@ pub fn extract<O: Oracle + ?Sized>(
         };
         let signs = if found > 0 {
             sign_layer(&co, &known, &live, li + 1 == hidden.len(), p, &mut rng)
-                .map_err(|e| at_layer(e, layer_no))?
+                .map_err(|e| at_layer(e, layer_no, &known))?
         } else {
             SignOutcome {
                 method: "none (no live neurons)",
@@ -360,12 +360,14 @@ pub fn extract<O: Oracle + ?Sized>(
     Ok(Extraction { network, report })
 }
 
-fn at_layer(e: ExtractError, layer: usize) -> ExtractError {
+fn at_layer(e: ExtractError, layer: usize, known: &KnownPrefix) -> ExtractError {
     match e {
         ExtractError::Oracle(OracleError::BudgetExhausted { budget, used }) => {
-            ExtractError::LayerFailed {
+            ExtractError::BudgetExhausted {
                 layer,
-                reason: format!("query budget of {budget} exhausted after {used} queries"),
+                budget,
+                used,
+                recovered: known.layers.clone(),
             }
         }
         other => other,

@@ -33,15 +33,7 @@ pub fn recover<O: Oracle + ?Sized>(
     let mut plus = vec![0usize; w];
     let mut minus = vec![0usize; w];
     let mut usable = 0;
-    let with_layer = KnownPrefix {
-        layers: known
-            .layers
-            .iter()
-            .cloned()
-            .chain(std::iter::once(layer.clone()))
-            .collect(),
-        input_dim: d0,
-    };
+    let with_layer = known.extended(layer);
     for attempt in 0..points.max(1) * 4 {
         if usable >= points && (0..w).all(|k| plus[k] + minus[k] >= min_votes) {
             break;

@@ -167,15 +167,7 @@ pub fn recover<O: Oracle + ?Sized>(
 ) -> Result<SignOutcome, ExtractError> {
     let w = layer.fan_out();
     let q0 = oracle.queries();
-    let with_layer = KnownPrefix {
-        layers: known
-            .layers
-            .iter()
-            .cloned()
-            .chain(std::iter::once(layer.clone()))
-            .collect(),
-        input_dim: known.input_dim,
-    };
+    let with_layer = known.extended(layer);
     let mut counts = vec![(0usize, 0usize); w];
     let all: Vec<usize> = (0..w).collect();
     vote(oracle, &with_layer, &all, samples, sigma, rng, &mut counts)?;
