@@ -90,6 +90,30 @@ pub fn run(a: ExtractArgs) -> Result<()> {
             rel_error,
             extraction,
         }) => (*extraction, Some(rel_error)),
+        Err(ExtractError::BudgetExhausted {
+            layer,
+            budget,
+            used,
+            recovered,
+        }) => {
+            let msg = format!(
+                "query budget of {budget} exhausted after {used} queries while recovering hidden layer {layer}"
+            );
+            if recovered.is_empty() {
+                bail!("{msg}; no layer was complete");
+            }
+            // Save what was recovered: the finished hidden layers (the last one stored as a plain
+            // affine layer), so that the work is not lost.
+            let partial = a.out.with_extension("partial.safetensors");
+            let net = netxray_relu::Network::new(recovered)?;
+            save_network(&partial, &net, SaveDtype::F64)
+                .with_context(|| format!("cannot write {}", partial.display()))?;
+            bail!(
+                "{msg}; the {} finished hidden layer(s) were saved to {}",
+                net.layers().len(),
+                partial.display()
+            );
+        }
         Err(e) => return Err(e.into()),
     };
     save_network(&a.out, &ex.network, SaveDtype::F64)

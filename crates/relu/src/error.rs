@@ -36,13 +36,12 @@ pub enum ReluError {
     #[error("dimension mismatch: {0}")]
     Dimension(String),
     /// I/O error with the path it concerns.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: String,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        /// The underlying error (shown in the message; not chained, so it is printed once).
+        cause: std::io::Error,
     },
     /// Invalid hyper-parameter or option.
     #[error("invalid parameter: {0}")]

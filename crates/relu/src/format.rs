@@ -39,7 +39,7 @@ fn bad_file(origin: &str, reason: impl Into<String>) -> ReluError {
 pub fn load_network(path: &Path) -> Result<Network, ReluError> {
     let bytes = std::fs::read(path).map_err(|e| ReluError::Io {
         path: path.display().to_string(),
-        source: e,
+        cause: e,
     })?;
     load_network_bytes(&bytes, &path.display().to_string())
 }
@@ -347,7 +347,7 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReluError> {
     let io = |e: std::io::Error| ReluError::Io {
         path: path.display().to_string(),
-        source: e,
+        cause: e,
     };
     let dir = path
         .parent()
