@@ -301,9 +301,13 @@ impl NeuronBank {
 
     /// Re-solves every estimate that gained rows since its last solve.
     pub fn solve_dirty(&mut self) {
-        for e in self.estimates.iter_mut().filter(|e| e.dirty) {
-            e.solve();
-        }
+        // Independent SVDs: one per estimate, spread over the cores (results do not depend on the
+        // number of threads).
+        use rayon::prelude::*;
+        self.estimates
+            .par_iter_mut()
+            .filter(|e| e.dirty)
+            .for_each(|e| e.solve());
     }
 
     /// Merges pairs of estimates that agree on their shared known coordinates and stay consistent when

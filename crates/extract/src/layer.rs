@@ -616,8 +616,9 @@ fn refine<O: Oracle + ?Sized>(
             }
         }
     }
-    for e in est.iter_mut() {
-        e.solve();
+    {
+        use rayon::prelude::*;
+        est.par_iter_mut().for_each(|e| e.solve());
     }
     Ok(tally)
 }
