@@ -41,6 +41,9 @@ pub struct NeuronEstimate {
     pub born: usize,
 }
 
+/// Weight of a hyperplane row relative to a (unit) signature row.
+const HYPERPLANE_WEIGHT: f64 = 10.0;
+
 /// Anchors kept per estimate.
 const MAX_ANCHORS: usize = 4;
 
@@ -91,7 +94,10 @@ impl NeuronEstimate {
         let mut row = h.to_vec();
         row.push(1.0);
         if let Some(r) = unit(row) {
-            self.rows.push(r);
+            // A crossing is located to ~1e-14 relative, a measured signature only to ~1e-11: weight the
+            // exact hyperplane rows so that they dominate wherever they constrain the solution.
+            self.rows
+                .push(r.into_iter().map(|v| v * HYPERPLANE_WEIGHT).collect());
         }
         self.lines.insert(line);
         self.witnesses += 1;
@@ -184,7 +190,8 @@ impl NeuronEstimate {
                 theta.iter_mut().for_each(|v| *v /= wn);
             }
             self.theta = theta;
-            self.residual = res;
+            // In units of an unweighted row, so weighting does not loosen the consistency bound.
+            self.residual = res * HYPERPLANE_WEIGHT;
             self.gap = gap;
         }
     }
