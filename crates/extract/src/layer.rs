@@ -103,19 +103,34 @@ pub fn free_segments_in(
         .collect()
 }
 
-/// Measures the signatures of `cps` and adds every usable witness to the bank, counting queries.
-fn measure_into<O: Oracle + ?Sized>(
+/// Gives each critical point to the estimate whose hyperplane holds it (free), and measures the
+/// signatures of the rest, adding every usable witness to the bank. Counts queries and points.
+fn attach_or_measure<O: Oracle + ?Sized>(
     oracle: &CountingOracle<'_, O>,
     known: &KnownPrefix,
     lines: &[Line],
-    cps: &[CriticalPoint],
+    cps: Vec<CriticalPoint>,
     stencil: StencilParams,
     bank: &mut NeuronBank,
     tol: &BankTol,
     out: &mut LayerSignatures,
 ) -> Result<(), ExtractError> {
+    let mut to_measure = Vec::new();
+    for cp in cps {
+        let x = lines[cp.line].at(cp.t);
+        let (_, h) = known
+            .forward_rows(std::slice::from_ref(&x))
+            .pop()
+            .expect("one row");
+        if bank.attach_point(&h, cp.line, tol) {
+            out.attached_points += 1;
+        } else {
+            to_measure.push(cp);
+        }
+    }
+    bank.solve_dirty();
     let q0 = oracle.queries();
-    let ws = measure(oracle, known, lines, cps, stencil)?;
+    let ws = measure(oracle, known, lines, &to_measure, stencil)?;
     out.signature_queries += oracle.queries() - q0;
     for w in ws.into_iter().flatten() {
         out.measured_witnesses += 1;
@@ -345,30 +360,9 @@ pub fn recover_layer<O: Oracle + ?Sized>(
         out.critical_points += cps.len();
         // Line by line: attach for free where possible, measure the rest.
         for l in first..lines.len() {
-            let mine: Vec<&CriticalPoint> = cps.iter().filter(|c| c.line == l).collect();
-            let mut to_measure: Vec<CriticalPoint> = Vec::new();
-            for cp in mine {
-                let x = lines[l].at(cp.t);
-                let (_, h) = known
-                    .forward_rows(std::slice::from_ref(&x))
-                    .pop()
-                    .expect("one row");
-                if bank.attach_point(&h, l, &tol) {
-                    out.attached_points += 1;
-                } else {
-                    to_measure.push(cp.clone());
-                }
-            }
-            bank.solve_dirty();
-            measure_into(
-                oracle,
-                known,
-                &lines,
-                &to_measure,
-                stencil,
-                &mut bank,
-                &tol,
-                &mut out,
+            let mine: Vec<CriticalPoint> = cps.iter().filter(|c| c.line == l).cloned().collect();
+            attach_or_measure(
+                oracle, known, &lines, mine, stencil, &mut bank, &tol, &mut out,
             )?;
         }
         // Hyperplane following: from a witness of an incomplete estimate, walk along its hyperplane into
@@ -399,28 +393,8 @@ pub fn recover_layer<O: Oracle + ?Sized>(
                 let cps = find_critical_points(oracle, &lines, &segs, search_tol)?;
                 out.search_queries += oracle.queries() - q0;
                 out.critical_points += cps.len();
-                let mut to_measure = Vec::new();
-                for cp in cps {
-                    let x = lines[cp.line].at(cp.t);
-                    let (_, h) = known
-                        .forward_rows(std::slice::from_ref(&x))
-                        .pop()
-                        .expect("one row");
-                    if bank.attach_point(&h, cp.line, &tol) {
-                        out.attached_points += 1;
-                    } else {
-                        to_measure.push(cp);
-                    }
-                }
-                measure_into(
-                    oracle,
-                    known,
-                    &lines,
-                    &to_measure,
-                    stencil,
-                    &mut bank,
-                    &tol,
-                    &mut out,
+                attach_or_measure(
+                    oracle, known, &lines, cps, stencil, &mut bank, &tol, &mut out,
                 )?;
                 tracing::debug!(following = lines.len() - base, "hyperplane following");
             }
@@ -469,20 +443,16 @@ pub fn recover_layer<O: Oracle + ?Sized>(
         }
     }
     out.lines = following.iter().filter(|f| !**f).count();
-    if std::env::var("NETXRAY_DEBUG").is_ok() {
-        for e in &bank.estimates {
-            eprintln!(
-                "dim {} est lines {} wit {} rows {} res {:.2e} gap {:.2e} complete {} theta[..3] {:?}",
-                dim,
-                e.lines.len(),
-                e.witnesses,
-                e.num_rows(),
-                e.residual,
-                e.gap,
-                is_complete(e, &alive, p, &following),
-                &e.theta[..3.min(e.theta.len())]
-            );
-        }
+    for e in &bank.estimates {
+        tracing::trace!(
+            dim,
+            lines = e.lines.len(),
+            witnesses = e.witnesses,
+            residual = e.residual,
+            gap = e.gap,
+            complete = is_complete(e, &alive, p, &following),
+            "estimate"
+        );
     }
     // Accept: complete estimates first, then the best of the rest; never the same hyperplane twice
     // (an estimate split in two halves that never shared coordinates).

@@ -84,9 +84,7 @@ pub fn recover<O: Oracle + ?Sized>(
         layer: known.layers.len() + 1,
         reason: "degenerate last-layer sign features".into(),
     })?;
-    if std::env::var("NETXRAY_DEBUG").is_ok() {
-        eprintln!("last-layer: smin_rel {smin_rel:.2e} states {state:?}");
-    }
+    tracing::debug!(smin_rel, ?state, "last-layer sign features");
     if smin_rel < 1e-9 {
         return Ok(None);
     }

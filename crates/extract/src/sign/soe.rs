@@ -43,15 +43,10 @@ pub fn recover<O: Oracle + ?Sized>(
             .map(|_| sigma * rng.sample::<f64, _>(StandardNormal))
             .collect();
         let Some((x, dirs, scale, z)) = full_rank_probe(&with_layer, x0, attempt >= points) else {
-            if std::env::var("NETXRAY_DEBUG").is_ok() {
-                eprintln!("soe: no full-rank probe (attempt {attempt})");
-            }
+            tracing::trace!(attempt, "soe: no full-rank probe");
             continue;
         };
         let m = with_layer.margin(&x, &dirs);
-        if std::env::var("NETXRAY_DEBUG").is_ok() {
-            eprintln!("soe: margin {m:.3e}");
-        }
         let eps = (0.5 * m).min(sigma);
         if !(eps.is_finite() && eps > 0.0) {
             continue;
@@ -156,9 +151,6 @@ fn full_rank_probe(with_layer: &KnownPrefix, mut x: Vec<f64>, climb: bool) -> Op
                 }
             }
             return Some((x, dirs, scale, st.pre.last().expect("layer").clone()));
-        }
-        if std::env::var("NETXRAY_DEBUG").is_ok() {
-            eprintln!("soe probe: pinv {:?}", right_pinv(zgrad).map(|p| p.1));
         }
         if !climb {
             return None;
