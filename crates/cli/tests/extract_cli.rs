@@ -1,0 +1,102 @@
+//! End-to-end `netxray extract` runs on small targets.
+
+use std::process::Command;
+
+fn netxray(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_netxray"))
+        .args(args)
+        .output()
+        .expect("run netxray")
+}
+
+#[test]
+fn extract_then_compare_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("t.safetensors");
+    let s = dir.path().join("s.safetensors");
+    let r = dir.path().join("r.json");
+    let (t, s, r) = (
+        t.to_str().unwrap(),
+        s.to_str().unwrap(),
+        r.to_str().unwrap(),
+    );
+    assert!(
+        netxray(&[
+            "model",
+            "new",
+            "--arch",
+            "20-10-5-1",
+            "--init",
+            "balanced",
+            "--seed",
+            "1",
+            "--out",
+            t
+        ])
+        .status
+        .success()
+    );
+    let out = netxray(&[
+        "extract", "--target", t, "--out", s, "--report", r, "--seed", "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(r).unwrap()).unwrap();
+    assert_eq!(report["schema"], 1);
+    assert!(report["total_queries"].as_u64().unwrap() > 0);
+    assert_eq!(report["layers"].as_array().unwrap().len(), 2);
+    let cmp = netxray(&[
+        "model",
+        "compare",
+        "--truth",
+        t,
+        "--candidate",
+        s,
+        "--json",
+        "--samples",
+        "5000",
+    ]);
+    assert!(cmp.status.success());
+    let c: serde_json::Value = serde_json::from_slice(&cmp.stdout).unwrap();
+    assert!(c["param_bits"].as_f64().unwrap() > 25.0, "{c}");
+}
+
+#[test]
+fn budget_and_missing_target_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("t.safetensors");
+    let s = dir.path().join("s.safetensors");
+    let (t, s) = (t.to_str().unwrap(), s.to_str().unwrap());
+    assert!(
+        netxray(&[
+            "model",
+            "new",
+            "--arch",
+            "20-10-5-1",
+            "--init",
+            "balanced",
+            "--seed",
+            "1",
+            "--out",
+            t
+        ])
+        .status
+        .success()
+    );
+    for args in [
+        vec!["extract", "--target", t, "--out", s, "--max-queries", "50"],
+        vec!["extract", "--target", "/nonexistent/model.npz", "--out", s],
+        vec!["extract", "--target", t, "--out", s, "--arch", "21-10-5-1"],
+    ] {
+        let out = netxray(&args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {err}");
+        assert!(lines[0].starts_with("error:"), "{err}");
+    }
+}
