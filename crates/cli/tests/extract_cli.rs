@@ -9,6 +9,27 @@ fn netxray(args: &[&str]) -> std::process::Output {
         .expect("run netxray")
 }
 
+/// Writes the small random target every test attacks.
+fn new_target(path: &str) {
+    let out = netxray(&[
+        "model",
+        "new",
+        "--arch",
+        "20-10-5-1",
+        "--init",
+        "balanced",
+        "--seed",
+        "1",
+        "--out",
+        path,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn extract_then_compare_round_trip() {
     let dir = tempfile::tempdir().unwrap();
@@ -20,22 +41,7 @@ fn extract_then_compare_round_trip() {
         s.to_str().unwrap(),
         r.to_str().unwrap(),
     );
-    assert!(
-        netxray(&[
-            "model",
-            "new",
-            "--arch",
-            "20-10-5-1",
-            "--init",
-            "balanced",
-            "--seed",
-            "1",
-            "--out",
-            t
-        ])
-        .status
-        .success()
-    );
+    new_target(t);
     let out = netxray(&[
         "extract", "--target", t, "--out", s, "--report", r, "--seed", "1",
     ]);
@@ -71,22 +77,7 @@ fn budget_and_missing_target_are_one_line_errors() {
     let t = dir.path().join("t.safetensors");
     let s = dir.path().join("s.safetensors");
     let (t, s) = (t.to_str().unwrap(), s.to_str().unwrap());
-    assert!(
-        netxray(&[
-            "model",
-            "new",
-            "--arch",
-            "20-10-5-1",
-            "--init",
-            "balanced",
-            "--seed",
-            "1",
-            "--out",
-            t
-        ])
-        .status
-        .success()
-    );
+    new_target(t);
     for args in [
         vec!["extract", "--target", t, "--out", s, "--max-queries", "50"],
         vec!["extract", "--target", "/nonexistent/model.npz", "--out", s],
