@@ -89,7 +89,19 @@ pub fn run(a: ExtractArgs) -> Result<()> {
         Err(ExtractError::VerificationFailed {
             rel_error,
             extraction,
-        }) => (*extraction, Some(rel_error)),
+        }) => (
+            *extraction,
+            Some(format!(
+                "extraction did not verify (relative error {rel_error:.3e})"
+            )),
+        ),
+        Err(e @ ExtractError::Incomplete { .. }) => {
+            let msg = e.to_string();
+            let ExtractError::Incomplete { extraction, .. } = e else {
+                unreachable!("matched above")
+            };
+            (*extraction, Some(msg))
+        }
         Err(ExtractError::BudgetExhausted {
             layer,
             budget,
@@ -156,9 +168,9 @@ pub fn run(a: ExtractArgs) -> Result<()> {
             r.low_confidence_signs
         );
     }
-    if let Some(rel) = failure {
+    if let Some(why) = failure {
         bail!(
-            "extraction did not verify (relative error {rel:.3e}); the partial result was written to {} for inspection",
+            "{why}; the result was written to {} for inspection",
             a.out.display()
         );
     }

@@ -54,6 +54,20 @@ pub enum ExtractError {
         /// What was recovered.
         extraction: Box<crate::pipeline::Extraction>,
     },
+    /// Some neurons' rows could not be pinned down on every input (an input unit was never active at
+    /// their witnesses); the weights there are unknown, so the model is wrong wherever that unit fires.
+    /// The extraction is attached for inspection.
+    #[error(
+        "incomplete: hidden layer {layer} neuron(s) {neurons:?} have inputs never seen active at their witnesses; their weights there are unknown"
+    )]
+    Incomplete {
+        /// 1-based hidden layer.
+        layer: usize,
+        /// Neurons (output order) with unconstrained inputs.
+        neurons: Vec<usize>,
+        /// What was recovered.
+        extraction: Box<crate::pipeline::Extraction>,
+    },
     /// Model I/O or validation problem.
     #[error(transparent)]
     Relu(#[from] netxray_relu::ReluError),

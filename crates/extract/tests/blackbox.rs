@@ -109,7 +109,7 @@ fn wrong_architecture_is_rejected() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 48, rng_seed: proptest::test_runner::RngSeed::Fixed(20261128), ..ProptestConfig::default() })]
     /// Whatever the shape and seed: either the result is right, or the attack says it failed.
     #[test]
     fn never_silently_wrong(
@@ -128,7 +128,9 @@ proptest! {
                 let err = rel_error(&truth, &ex.network, 5_000, seed + 1);
                 prop_assert!(err < 1e-6, "{} seed {}: accepted but wrong by {:e}", arch, seed, err);
             }
-            Err(ExtractError::VerificationFailed { .. }) | Err(ExtractError::LayerFailed { .. }) => {}
+            Err(ExtractError::VerificationFailed { .. })
+            | Err(ExtractError::Incomplete { .. })
+            | Err(ExtractError::LayerFailed { .. }) => {}
             Err(other) => prop_assert!(false, "unexpected error kind: {}", other),
         }
     }
