@@ -4,7 +4,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use netxray_extract::pipeline::ProgressEvent;
-use netxray_extract::{ExtractError, ExtractParams, NetworkOracle, extract};
+use netxray_extract::{ExtractError, ExtractParams, NetworkOracle, Oracle, OracleError, extract};
+use netxray_oracle_http::{ClientConfig, HttpOracle, RoundingGuard};
 use netxray_relu::Arch;
 use netxray_relu::format::{SaveDtype, load_network, save_network};
 use std::path::PathBuf;
@@ -12,14 +13,19 @@ use std::path::PathBuf;
 /// Arguments of `extract`.
 #[derive(Debug, Args)]
 pub struct ExtractArgs {
-    /// Target model file (.safetensors or .npz). The attack only queries it through the oracle
-    /// interface; the file is read to serve answers, never shown to the attack.
+    /// Target: a model file (.safetensors or .npz), or the URL of a prediction API
+    /// (`http://host:port`, e.g. one started by `netxray serve`). The attack only queries it through
+    /// the oracle interface; a file is read to serve answers, never shown to the attack.
     #[arg(long)]
     pub target: PathBuf,
-    /// Architecture of the target (e.g. 784-128-10); defaults to the widths the model file declares
-    /// (the threat model assumes a known architecture).
+    /// Architecture of the target (e.g. 784-128-10); defaults to the widths the model file declares,
+    /// or for a URL to the architecture its /v1/info exposes (the threat model assumes a known
+    /// architecture).
     #[arg(long)]
     pub arch: Option<Arch>,
+    /// Bearer token for an http:// target (default: $NETXRAY_TOKEN when set).
+    #[arg(long)]
+    pub token: Option<String>,
     /// Where to write the recovered network (canonical safetensors, f64).
     #[arg(long)]
     pub out: PathBuf,
@@ -42,17 +48,57 @@ pub struct ExtractArgs {
 
 /// Runs `extract`.
 pub fn run(a: ExtractArgs) -> Result<()> {
-    let net = load_network(&a.target)
-        .with_context(|| format!("cannot load target {}", a.target.display()))?;
-    let arch = a.arch.clone().unwrap_or_else(|| net.arch());
-    if arch.input_dim() != net.input_dim() || arch.output_dim() != net.output_dim() {
+    let url = a
+        .target
+        .to_str()
+        .filter(|t| t.starts_with("http://") || t.starts_with("https://"));
+    let mut remote: Option<&HttpOracle> = None;
+    // Declared here so that the chosen oracle outlives the borrow below; only one is initialised.
+    let http: HttpOracle;
+    let local: NetworkOracle;
+    let (oracle, arch): (&dyn Oracle, Arch) = match url {
+        Some(url) => {
+            let token = a.token.clone().or_else(|| {
+                std::env::var("NETXRAY_TOKEN")
+                    .ok()
+                    .filter(|t| !t.is_empty())
+            });
+            let cfg = ClientConfig::builder().token(token).build()?;
+            http = HttpOracle::connect(url, cfg)?;
+            let arch = match (&a.arch, &http.info().arch) {
+                (Some(arch), _) => arch.clone(),
+                (None, Some(s)) => s.parse().with_context(|| {
+                    format!("{url} exposes an unreadable architecture '{s}'; pass --arch")
+                })?,
+                (None, None) => bail!(
+                    "{url} does not expose its architecture ({} inputs, {} outputs); pass --arch, e.g. --arch {}-...-{}",
+                    http.input_dim(),
+                    http.output_dim(),
+                    http.input_dim(),
+                    http.output_dim()
+                ),
+            };
+            remote = Some(&http);
+            (&http, arch)
+        }
+        None => {
+            let net = load_network(&a.target)
+                .with_context(|| format!("cannot load target {}", a.target.display()))?;
+            let arch = a.arch.clone().unwrap_or_else(|| net.arch());
+            local = NetworkOracle::new(net);
+            (&local, arch)
+        }
+    };
+    if arch.input_dim() != oracle.input_dim() || arch.output_dim() != oracle.output_dim() {
         bail!(
             "--arch {arch} does not match the target's {} inputs and {} outputs",
-            net.input_dim(),
-            net.output_dim()
+            oracle.input_dim(),
+            oracle.output_dim()
         );
     }
-    let oracle = NetworkOracle::new(net);
+    // Watches the first answers: a target that rounds its outputs stops the attack early with a clear
+    // message (exact extraction is impossible there) instead of ending in a wrong model.
+    let oracle = RoundingGuard::new(oracle);
     let params = ExtractParams::builder()
         .seed(a.seed)
         .threads(a.threads)
@@ -126,6 +172,7 @@ pub fn run(a: ExtractArgs) -> Result<()> {
                 partial.display()
             );
         }
+        Err(ExtractError::Oracle(e @ OracleError::RoundedOutputs { .. })) => bail!("{e}"),
         Err(e) => return Err(e.into()),
     };
     save_network(&a.out, &ex.network, SaveDtype::F64)
@@ -157,6 +204,13 @@ pub fn run(a: ExtractArgs) -> Result<()> {
         r.output_queries, r.output_fit_residual
     );
     println!("total queries: {}", r.total_queries);
+    if let Some(h) = remote {
+        let s = h.stats();
+        println!(
+            "HTTP: {} requests, {} rows answered, {} retries ({} possibly counted twice by the server)",
+            s.requests, s.rows_answered, s.retries, s.ambiguous_retries
+        );
+    }
     println!("wall time: {:.2}s", r.wall_seconds);
     println!(
         "verification (fresh queries): max |f - f^| / max |f| = {:.3e}",

@@ -1,7 +1,11 @@
 //! `netxray`: the command line. Parses arguments, calls the libraries, prints. No logic of its own.
 
 mod extract;
+mod hw;
+mod lth;
 mod model;
+mod serve;
+mod snn;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +29,17 @@ enum Command {
     Model(ModelCommand),
     /// Recover every weight and bias of a ReLU network from black-box queries.
     Extract(extract::ExtractArgs),
+    /// Serve a model file as a JSON prediction API (POST /v1/predict, GET /v1/info) until Ctrl-C.
+    Serve(serve::ServeArgs),
+    /// PE-array hardware model (utilization, cycles, latency, energy) and u-Ticket balancing of
+    /// masked checkpoints: `hw [report] | balance | sweep`.
+    Hw(hw::HwArgs),
+    /// Spiking neural networks: train (checkpointed, resumable) and evaluate.
+    #[command(subcommand)]
+    Snn(snn::SnnCommand),
+    /// Lottery-ticket pruning (LTH) or u-Ticket of a spiking network, with the hardware model
+    /// every round; resumable (rerun the same command).
+    Lth(lth::LthArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -52,6 +67,10 @@ fn main() {
         Command::Model(ModelCommand::Compare(a)) => model::compare(a),
         Command::Model(ModelCommand::Train(a)) => train::run(a),
         Command::Extract(a) => extract::run(a),
+        Command::Serve(a) => serve::run(a),
+        Command::Hw(a) => hw::run(a),
+        Command::Snn(c) => snn::run(c),
+        Command::Lth(a) => lth::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -6,8 +6,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use netxray_data::DatasetKind;
 use netxray_snn::session::{self, train_run};
 use netxray_snn::{
-    ArchSpec, LifParams, OptimizerKind, Schedule, Surrogate, TrainEvent, TrainParams,
-    checkpoint, device::training_device, train::evaluate,
+    ArchSpec, LifParams, OptimizerKind, Schedule, Surrogate, TrainEvent, TrainParams, checkpoint,
+    device::training_device, train::evaluate,
 };
 use std::path::PathBuf;
 

@@ -56,12 +56,20 @@ fn write_dataset(dir: &Path, n_train: u32, n_test: u32) {
 
 fn train_cmd(data: &Path, out: &Path, epochs: usize) -> Command {
     let mut c = netxray();
-    c.args(["snn", "train", "--arch", "mlp", "--dataset", "mnist", "--data-dir"])
-        .arg(data)
-        .arg("--out")
-        .arg(out)
-        .args(["--epochs", &epochs.to_string(), "--batch-size", "32"])
-        .args(["--optimizer", "adam", "--seed", "7"]);
+    c.args([
+        "snn",
+        "train",
+        "--arch",
+        "mlp",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+    ])
+    .arg(data)
+    .arg("--out")
+    .arg(out)
+    .args(["--epochs", &epochs.to_string(), "--batch-size", "32"])
+    .args(["--optimizer", "adam", "--seed", "7"]);
     c
 }
 
@@ -95,7 +103,11 @@ fn train_eval_and_kill_resume_give_the_same_weights() {
     // Uninterrupted run.
     let straight = dir.path().join("straight");
     let out = train_cmd(&data, &straight, 3).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("test accuracy"), "{stdout}");
     let report: serde_json::Value =
@@ -120,8 +132,15 @@ fn train_eval_and_kill_resume_give_the_same_weights() {
     child.wait().unwrap();
     let done = epochs_done(&ckpt).expect("a checkpoint was written before the kill");
     assert!(done >= 1);
-    let out = train_cmd(&data, &killed, 3).arg("--resume").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = train_cmd(&data, &killed, 3)
+        .arg("--resume")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         tensors(&straight.join("checkpoint.safetensors")),
         tensors(&ckpt),
@@ -142,7 +161,11 @@ fn train_eval_and_kill_resume_give_the_same_weights() {
         .arg("--json")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let eval: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(eval["accuracy"].as_f64().unwrap() > 0.9);
     assert_eq!(eval["spike_sparsity"].as_object().unwrap().len(), 2);
@@ -153,28 +176,87 @@ fn bad_input_gives_one_line_errors() {
     let dir = tempfile::tempdir().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
-            vec!["snn", "train", "--arch", "vgg17", "--dataset", "mnist", "--data-dir", ".", "--out", "x"],
+            vec![
+                "snn",
+                "train",
+                "--arch",
+                "vgg17",
+                "--dataset",
+                "mnist",
+                "--data-dir",
+                ".",
+                "--out",
+                "x",
+            ],
             "unknown architecture",
         ),
         (
-            vec!["snn", "train", "--arch", "vgg16", "--dataset", "mnist", "--data-dir", "/nonexistent", "--out", "x"],
+            vec![
+                "snn",
+                "train",
+                "--arch",
+                "vgg16",
+                "--dataset",
+                "mnist",
+                "--data-dir",
+                "/nonexistent",
+                "--out",
+                "x",
+            ],
             "missing",
         ),
         (
-            vec!["snn", "train", "--arch", "mlp", "--dataset", "mnist", "--data-dir", ".", "--out", "x", "--timesteps", "0"],
+            vec![
+                "snn",
+                "train",
+                "--arch",
+                "mlp",
+                "--dataset",
+                "mnist",
+                "--data-dir",
+                ".",
+                "--out",
+                "x",
+                "--timesteps",
+                "0",
+            ],
             "timesteps",
         ),
         (
-            vec!["snn", "train", "--arch", "mlp", "--dataset", "mnist", "--data-dir", ".", "--out", "x", "--device", "tpu"],
+            vec![
+                "snn",
+                "train",
+                "--arch",
+                "mlp",
+                "--dataset",
+                "mnist",
+                "--data-dir",
+                ".",
+                "--out",
+                "x",
+                "--device",
+                "tpu",
+            ],
             "device",
         ),
         (
-            vec!["snn", "eval", "--model", "/nonexistent.safetensors", "--data-dir", "."],
+            vec![
+                "snn",
+                "eval",
+                "--model",
+                "/nonexistent.safetensors",
+                "--data-dir",
+                ".",
+            ],
             "nonexistent",
         ),
     ];
     for (args, needle) in cases {
-        let out = netxray().current_dir(dir.path()).args(&args).output().unwrap();
+        let out = netxray()
+            .current_dir(dir.path())
+            .args(&args)
+            .output()
+            .unwrap();
         assert!(!out.status.success(), "{args:?} should fail");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");

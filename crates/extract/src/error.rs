@@ -101,4 +101,30 @@ pub enum OracleError {
     /// The oracle could not be reached or failed (network, process, ...).
     #[error("oracle unavailable: {0}")]
     Unavailable(String),
+    /// A remote target refused a request with an HTTP status that retrying cannot fix (401, 4xx).
+    #[error("target answered HTTP {status}: {message}")]
+    Http {
+        /// HTTP status code.
+        status: u16,
+        /// The server's explanation (its JSON `error` field, or the raw body).
+        message: String,
+    },
+    /// A remote target's own query budget is spent (its answers stop; distinct from our `--max-queries`).
+    #[error(
+        "server query budget spent: the target answers at most {budget} queries and has answered {used}"
+    )]
+    TargetBudgetSpent {
+        /// The server's budget.
+        budget: u64,
+        /// Queries the server had answered.
+        used: u64,
+    },
+    /// The target rounds its outputs (a defence): differences below the rounding step are invisible.
+    #[error(
+        "the target rounds its outputs to {digits} decimal digits; exact extraction is impossible (the attack measures output differences far below 1e-{digits}), so it stopped before spending more queries"
+    )]
+    RoundedOutputs {
+        /// Decimal digits kept by the target.
+        digits: u32,
+    },
 }

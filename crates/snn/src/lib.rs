@@ -21,6 +21,8 @@ pub mod state;
 pub mod train;
 
 pub use arch::{ArchSpec, LayerSpec};
+/// The burn device type, re-exported so that users of this crate need no direct burn dependency.
+pub use burn::tensor::Device;
 pub use error::SnnError;
 pub use hyperparams::{Schedule, TrainParams};
 pub use model::{InputShape, SpikingNet, WeightKind, WeightLayer};

@@ -39,6 +39,9 @@ pub struct BasicBlock {
 
 /// One layer of a [`SpikingNet`]; parameterless variants hold a placeholder number because burn
 /// modules must be data.
+// Variants differ in size (a basic block holds three convs), but a network has a few dozen
+// layers at most and burn's derive does not see through `Box`, so boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Layer {
     /// Conv + BN + LIF.
