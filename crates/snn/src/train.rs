@@ -41,6 +41,10 @@ impl Snn {
         device: &Device,
         seed: u64,
     ) -> Result<Self, SnnError> {
+        // The device RNG is process-global: hold a lock from seeding to the last draw, so that
+        // networks built concurrently (threads, tests) still get exactly their seed's weights.
+        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
         device.seed(seed);
         let net = SpikingNet::new(spec, input, classes, device)?;
         // burn initialises parameters lazily, on first use; force it now, while the device RNG
