@@ -4,7 +4,9 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use netxray_extract::pipeline::ProgressEvent;
-use netxray_extract::{ExtractError, ExtractParams, NetworkOracle, Oracle, OracleError, extract};
+use netxray_extract::{
+    ExtractError, ExtractParams, NetworkOracle, Oracle, OracleError, extract_resumable,
+};
 use netxray_oracle_http::{ClientConfig, HttpOracle, RoundingGuard};
 use netxray_relu::Arch;
 use netxray_relu::format::{SaveDtype, load_network, save_network};
@@ -41,6 +43,17 @@ pub struct ExtractArgs {
     /// Stop with an error once this many queries have been spent.
     #[arg(long)]
     pub max_queries: Option<u64>,
+    /// Checkpoint directory: every finished layer is committed there and the answers of the layer in
+    /// progress are journaled, so that rerunning the same command after a crash or kill continues
+    /// without asking a query twice (only the batch in flight is lost) and gives the same result.
+    /// Created when missing; refused if it belongs to another architecture or seed.
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+    /// First-layer screening: probe each critical point on K input coordinates before measuring it in
+    /// full, so that kinks of deeper layers cost 4K+2 queries instead of 4·d0+2. About 5× fewer
+    /// queries on 784-input nets, at ~2^-26 instead of 2^-30 precision on the first layer. 0 = off.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub probe_coords: usize,
     /// Standard deviation of the inputs the attack probes with (the target's natural input scale).
     #[arg(long, default_value_t = 1.0)]
     pub input_scale: f64,
@@ -104,6 +117,7 @@ pub fn run(a: ExtractArgs) -> Result<()> {
         .threads(a.threads)
         .max_queries(a.max_queries)
         .origin_scale(a.input_scale)
+        .probe_coords(a.probe_coords)
         .build()?;
     if let Some(t) = a.threads {
         // A second initialisation (e.g. in tests) is harmless: keep the existing pool.
@@ -118,17 +132,23 @@ pub fn run(a: ExtractArgs) -> Result<()> {
         .expect("valid template")
         .progress_chars("=> "),
     );
-    let result = extract(&oracle, &arch, &params, |ev| match ev {
-        ProgressEvent::LayerStart { layer, width } => {
-            bar.set_prefix(format!("layer {layer}"));
-            bar.set_length(width as u64);
-            bar.set_position(0);
-            bar.set_message("");
-        }
-        ProgressEvent::Neurons { done, .. } => bar.set_position(done as u64),
-        ProgressEvent::Stage(s) => bar.set_message(s.to_string()),
-        ProgressEvent::LayerDone => {}
-    });
+    let result = extract_resumable(
+        &oracle,
+        &arch,
+        &params,
+        a.resume.as_deref(),
+        |ev| match ev {
+            ProgressEvent::LayerStart { layer, width } => {
+                bar.set_prefix(format!("layer {layer}"));
+                bar.set_length(width as u64);
+                bar.set_position(0);
+                bar.set_message("");
+            }
+            ProgressEvent::Neurons { done, .. } => bar.set_position(done as u64),
+            ProgressEvent::Stage(s) => bar.set_message(s.to_string()),
+            ProgressEvent::LayerDone => {}
+        },
+    );
     bar.finish_and_clear();
     let (ex, failure) = match result {
         Ok(ex) => (ex, None),
@@ -157,8 +177,15 @@ pub fn run(a: ExtractArgs) -> Result<()> {
             let msg = format!(
                 "query budget of {budget} exhausted after {used} queries while recovering hidden layer {layer}"
             );
+            let hint = match &a.resume {
+                Some(d) => format!(
+                    "; rerun with --resume {} and a larger --max-queries to continue",
+                    d.display()
+                ),
+                None => String::new(),
+            };
             if recovered.is_empty() {
-                bail!("{msg}; no layer was complete");
+                bail!("{msg}; no layer was complete{hint}");
             }
             // Save what was recovered: the finished hidden layers (the last one stored as a plain
             // affine layer), so that the work is not lost.
@@ -167,7 +194,7 @@ pub fn run(a: ExtractArgs) -> Result<()> {
             save_network(&partial, &net, SaveDtype::F64)
                 .with_context(|| format!("cannot write {}", partial.display()))?;
             bail!(
-                "{msg}; the {} finished hidden layer(s) were saved to {}",
+                "{msg}; the {} finished hidden layer(s) were saved to {}{hint}",
                 net.layers().len(),
                 partial.display()
             );
@@ -204,6 +231,14 @@ pub fn run(a: ExtractArgs) -> Result<()> {
         r.output_queries, r.output_fit_residual
     );
     println!("total queries: {}", r.total_queries);
+    if let Some(ri) = &r.resume
+        && ri.runs > 1
+    {
+        println!(
+            "resumed (run {}): {} queries committed before, {} answered from the journal of the interrupted stage",
+            ri.runs, ri.queries_before_this_run, ri.replayed_queries
+        );
+    }
     if let Some(h) = remote {
         let s = h.stats();
         println!(

@@ -71,6 +71,9 @@ pub enum ExtractError {
     /// Model I/O or validation problem.
     #[error(transparent)]
     Relu(#[from] netxray_relu::ReluError),
+    /// The resume directory cannot be read or written, or belongs to another extraction.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
 }
 
 /// Errors an [`crate::oracle::Oracle`] reports.

@@ -7,7 +7,7 @@ use crate::known::KnownPrefix;
 use crate::linalg::{dot, norm};
 use crate::oracle::{CountingOracle, Oracle};
 use crate::params::ExtractParams;
-use crate::signature::{StencilParams, measure};
+use crate::signature::{StencilParams, measure, measure_on};
 use rand::Rng;
 use rand_chacha::ChaCha20Rng;
 use rand_distr::StandardNormal;
@@ -103,8 +103,84 @@ pub fn free_segments_in(
         .collect()
 }
 
+/// First-layer screening of critical points before their full (4·d0 + 2 queries) measurement.
+///
+/// On a wide input most critical points met while recovering layer 1 are kinks of *deeper* layers,
+/// and each was measured in full before it could be told apart (2.9 M of the 3.1 M queries of a
+/// 784-64-64-10 extraction). A layer-1 neuron's row is the same at every point of its hyperplane, a
+/// deeper kink's effective row changes with the activation pattern. So each unattached point is first
+/// *probed* on a fixed random subset of input coordinates (4·|S| + 2 queries); only when two probes
+/// agree (up to sign) are the two points measured in full. Deeper kinks cost a probe each.
+#[derive(Debug)]
+struct ProbePool {
+    coords: Vec<usize>,
+    /// Unmatched probes: sign-normalised row on `coords`, and the point.
+    waiting: Vec<(Vec<f64>, CriticalPoint)>,
+    tol: f64,
+}
+
+impl ProbePool {
+    fn new(d0: usize, size: usize, tol: f64, rng: &mut ChaCha20Rng) -> Self {
+        let mut all: Vec<usize> = (0..d0).collect();
+        for i in 0..size {
+            let j = rng.random_range(i..d0);
+            all.swap(i, j);
+        }
+        let mut coords = all[..size].to_vec();
+        coords.sort_unstable();
+        Self {
+            coords,
+            waiting: Vec::new(),
+            tol,
+        }
+    }
+
+    /// Probes `cps` and returns the points to measure in full — those whose probe matched an earlier
+    /// one — and their earlier partners, to be attached to the new estimate for free afterwards (a
+    /// second full measurement would only add ~d0 redundant rows to every later null-space solve).
+    fn screen<O: Oracle + ?Sized>(
+        &mut self,
+        oracle: &CountingOracle<'_, O>,
+        known: &KnownPrefix,
+        lines: &[Line],
+        cps: Vec<CriticalPoint>,
+        stencil: StencilParams,
+    ) -> Result<(Vec<CriticalPoint>, Vec<CriticalPoint>), ExtractError> {
+        let probes = measure_on(oracle, known, lines, &cps, stencil, Some(&self.coords))?;
+        let mut full = Vec::new();
+        let mut partners = Vec::new();
+        for (cp, probe) in cps.into_iter().zip(probes) {
+            let Some(mut row) = probe.and_then(|w| w.full) else {
+                continue;
+            };
+            let big = row
+                .iter()
+                .copied()
+                .fold(0.0f64, |m, v| if v.abs() > m.abs() { v } else { m });
+            if big < 0.0 {
+                row.iter_mut().for_each(|v| *v = -*v);
+            }
+            let hit = self
+                .waiting
+                .iter()
+                .position(|(r, _)| r.iter().zip(&row).all(|(a, b)| (a - b).abs() <= self.tol));
+            match hit {
+                Some(i) => {
+                    let (_, partner) = self.waiting.swap_remove(i);
+                    partners.push(partner);
+                    full.push(cp);
+                }
+                None => self.waiting.push((row, cp)),
+            }
+        }
+        Ok((full, partners))
+    }
+}
+
 /// Gives each critical point to the estimate whose hyperplane holds it (free), and measures the
-/// signatures of the rest, adding every usable witness to the bank. Counts queries and points.
+/// signatures of the rest (after first-layer screening, when enabled), adding every usable witness to
+/// the bank. Counts queries and points.
+#[allow(clippy::too_many_arguments)]
 fn attach_or_measure<O: Oracle + ?Sized>(
     oracle: &CountingOracle<'_, O>,
     known: &KnownPrefix,
@@ -114,6 +190,7 @@ fn attach_or_measure<O: Oracle + ?Sized>(
     bank: &mut NeuronBank,
     tol: &BankTol,
     out: &mut LayerSignatures,
+    pool: Option<&mut ProbePool>,
 ) -> Result<(), ExtractError> {
     let mut to_measure = Vec::new();
     for cp in cps {
@@ -130,11 +207,25 @@ fn attach_or_measure<O: Oracle + ?Sized>(
     }
     bank.solve_dirty();
     let q0 = oracle.queries();
+    let mut partners = Vec::new();
+    if let Some(pool) = pool {
+        (to_measure, partners) = pool.screen(oracle, known, lines, to_measure, stencil)?;
+    }
     let ws = measure(oracle, known, lines, &to_measure, stencil)?;
     out.signature_queries += oracle.queries() - q0;
     for w in ws.into_iter().flatten() {
         out.measured_witnesses += 1;
         bank.add_witness(&w, tol);
+    }
+    if !partners.is_empty() {
+        // The new estimates need their hyperplane before their partners can be tested against it.
+        bank.solve_dirty();
+    }
+    for cp in partners {
+        let x = lines[cp.line].at(cp.t);
+        if bank.attach_point(&x, cp.line, tol) {
+            out.attached_points += 1;
+        }
     }
     Ok(())
 }
@@ -275,6 +366,9 @@ pub fn recover_layer<O: Oracle + ?Sized>(
         min_interval_rel: p.min_interval_rel,
     };
     let alive = alive_units(known);
+    // Screening pays off only when a probe is much cheaper than a full first-layer measurement.
+    let mut pool = (known.layers.is_empty() && p.probe_coords > 0 && d0 >= 4 * p.probe_coords)
+        .then(|| ProbePool::new(d0, p.probe_coords, 10.0 * p.cluster_tol, rng));
     let mut bank = NeuronBank::new(dim);
     let mut lines: Vec<Line> = Vec::new();
     // Validation verdicts, keyed by the estimate's first anchor (stable across merges of others).
@@ -362,7 +456,15 @@ pub fn recover_layer<O: Oracle + ?Sized>(
         for l in first..lines.len() {
             let mine: Vec<CriticalPoint> = cps.iter().filter(|c| c.line == l).cloned().collect();
             attach_or_measure(
-                oracle, known, &lines, mine, stencil, &mut bank, &tol, &mut out,
+                oracle,
+                known,
+                &lines,
+                mine,
+                stencil,
+                &mut bank,
+                &tol,
+                &mut out,
+                pool.as_mut(),
             )?;
         }
         // Hyperplane following: from a witness of an incomplete estimate, walk along its hyperplane into
@@ -394,7 +496,15 @@ pub fn recover_layer<O: Oracle + ?Sized>(
                 out.search_queries += oracle.queries() - q0;
                 out.critical_points += cps.len();
                 attach_or_measure(
-                    oracle, known, &lines, cps, stencil, &mut bank, &tol, &mut out,
+                    oracle,
+                    known,
+                    &lines,
+                    cps,
+                    stencil,
+                    &mut bank,
+                    &tol,
+                    &mut out,
+                    pool.as_mut(),
                 )?;
                 tracing::debug!(following = lines.len() - base, "hyperplane following");
             }

@@ -10,6 +10,7 @@
 //! polynomial-time signs ([`sign`]), and finally the output layer by least squares ([`output`]). Every
 //! tolerance lives in [`params::ExtractParams`].
 
+pub mod checkpoint;
 pub mod cluster;
 pub mod critical;
 pub mod error;
@@ -26,4 +27,4 @@ pub mod signature;
 pub use error::{ExtractError, OracleError};
 pub use oracle::{CountingOracle, NetworkOracle, Oracle};
 pub use params::{ExtractParams, ExtractParamsBuilder};
-pub use pipeline::{Extraction, ExtractionReport, extract};
+pub use pipeline::{Extraction, ExtractionReport, extract, extract_resumable};

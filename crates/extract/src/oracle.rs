@@ -6,7 +6,7 @@
 
 use crate::error::OracleError;
 use faer::{Mat, MatRef};
-use netxray_relu::Network;
+use netxray_relu::{Network, NetworkF32};
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,27 +23,50 @@ pub trait Oracle: Sync {
 
 /// A local model hidden behind the [`Oracle`] trait. Exposes nothing but the dimensions and answers.
 pub struct NetworkOracle {
-    net: Network,
+    net: Hidden,
+}
+
+enum Hidden {
+    F64(Network),
+    F32(NetworkF32),
 }
 
 impl NetworkOracle {
-    /// Hides `net` behind the oracle interface.
+    /// Hides `net` behind the oracle interface; answers are computed in f64.
     pub fn new(net: Network) -> Self {
-        Self { net }
+        Self {
+            net: Hidden::F64(net),
+        }
+    }
+
+    /// Hides `net` and answers as its float32 deployment would: parameters, inputs and arithmetic in
+    /// f32 (~2^-24 relative noise on every answer).
+    pub fn new_f32(net: &Network) -> Self {
+        Self {
+            net: Hidden::F32(NetworkF32::new(net)),
+        }
     }
 }
 
 impl Oracle for NetworkOracle {
     fn input_dim(&self) -> usize {
-        self.net.input_dim()
+        match &self.net {
+            Hidden::F64(n) => n.input_dim(),
+            Hidden::F32(n) => n.input_dim(),
+        }
     }
     fn output_dim(&self) -> usize {
-        self.net.output_dim()
+        match &self.net {
+            Hidden::F64(n) => n.output_dim(),
+            Hidden::F32(n) => n.output_dim(),
+        }
     }
     fn query_batch(&self, xs: MatRef<'_, f64>) -> Result<Mat<f64>, OracleError> {
-        self.net
-            .forward(xs)
-            .map_err(|e| OracleError::BadAnswer(e.to_string()))
+        match &self.net {
+            Hidden::F64(n) => n.forward(xs),
+            Hidden::F32(n) => n.forward(xs),
+        }
+        .map_err(|e| OracleError::BadAnswer(e.to_string()))
     }
 }
 
@@ -71,6 +94,13 @@ impl<'a, O: Oracle + ?Sized> CountingOracle<'a, O> {
             log: Mutex::new(VecDeque::new()),
             log_capacity: DEFAULT_LOG_CAPACITY,
         }
+    }
+
+    /// Counts `used` queries as already spent (a resumed extraction carries its earlier cost; they count
+    /// against the budget too).
+    pub fn with_used(self, used: u64) -> Self {
+        self.used.store(used, Ordering::SeqCst);
+        self
     }
 
     /// Queries answered so far.

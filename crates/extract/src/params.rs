@@ -52,6 +52,15 @@ pub struct ExtractParams {
     pub stencil_shrink: f64,
     /// Attempts per stencil. Default 5.
     pub stencil_tries: usize,
+    /// First-layer screening (off by default): unattached critical points are first probed on this
+    /// many random input coordinates (4·k + 2 queries) and measured in full (4·d0 + 2) only once two
+    /// probes agree, i.e. once the point is known to be a first-layer neuron and not a deeper kink.
+    /// Measured on a balanced 784-64-64-10 (seed 7, attack seed 1): k = 24 cuts the queries from
+    /// 3.06 M to 0.60 M and the time from 364 s to 199 s, but layer-1 neurons then rest on one full
+    /// witness and the worst parameter falls from 2^-30.4 to 2^-26.1 (functional error 2^-28 relative,
+    /// labels 100 %). Default 0 keeps the 2^-30 precision target; use 24 when queries cost more than
+    /// precision. Used only when d0 ≥ 4k; 1 is invalid (one coordinate says nothing about direction).
+    pub probe_coords: usize,
     /// Extra critical points per neuron placed offline (predicted from the current estimate, confirmed
     /// by a few queries) to refine precision. Default 8.
     pub refine_points: usize,
@@ -110,6 +119,7 @@ impl Default for ExtractParamsBuilder {
                 stencil_eps: 1e-1,
                 stencil_shrink: 0.1,
                 stencil_tries: 5,
+                probe_coords: 0,
                 refine_points: 8,
                 sign_points: 24,
                 sign_confidence_min: 0.9,
@@ -149,6 +159,7 @@ impl ExtractParamsBuilder {
     setter!(stencil_shrink, f64);
     setter!(stencil_tries, usize);
     setter!(refine_points, usize);
+    setter!(probe_coords, usize);
     setter!(sign_points, usize);
     setter!(sign_confidence_min, f64);
     setter!(sign_min_votes, usize);
@@ -205,6 +216,12 @@ impl ExtractParamsBuilder {
                 return Err(bad(name, "must be at least 1"));
             }
         }
+        if p.probe_coords == 1 {
+            return Err(bad(
+                "probe_coords",
+                "must be 0 (off) or at least 2 (one coordinate says nothing about direction)",
+            ));
+        }
         if p.min_common_coords < 2 {
             return Err(bad("min_common_coords", "must be at least 2"));
         }
@@ -257,6 +274,7 @@ mod tests {
             (b().sign_min_votes(0), "sign_min_votes"),
             (b().wiggle_samples(0), "wiggle_samples"),
             (b().min_common_coords(1), "min_common_coords"),
+            (b().probe_coords(1), "probe_coords"),
             (b().max_queries(Some(0)), "max_queries"),
             (b().threads(Some(0)), "threads"),
         ];

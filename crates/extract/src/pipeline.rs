@@ -1,5 +1,6 @@
 //! Layer-by-layer orchestration, per-stage statistics and the JSON report.
 
+use crate::checkpoint::{ExtractionState, JournalOracle, ResumeDir, STATE_SCHEMA};
 use crate::error::{ExtractError, OracleError};
 use crate::known::KnownPrefix;
 use crate::layer::recover_layer;
@@ -11,7 +12,8 @@ use faer::Mat;
 use netxray_relu::{Arch, Layer, Network};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
 use std::time::Instant;
 
 /// Progress events for front ends (progress bars).
@@ -38,7 +40,7 @@ pub enum ProgressEvent {
 }
 
 /// Per-layer statistics.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LayerReport {
     /// 1-based hidden layer index.
     pub layer: usize,
@@ -73,7 +75,7 @@ pub struct LayerReport {
 }
 
 /// Queries per stage.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StageQueries {
     /// Critical-point search.
     pub search: u64,
@@ -86,7 +88,7 @@ pub struct StageQueries {
 }
 
 /// Wall seconds per stage.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StageSeconds {
     /// Search, signatures and refinement together.
     pub signatures: f64,
@@ -119,6 +121,26 @@ pub struct ExtractionReport {
     pub verify_queries: u64,
     /// max |f − f̂| / max |f| on the verification queries.
     pub verify_rel_error: f64,
+    /// Present when the run used a resume directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resume: Option<ResumeInfo>,
+}
+
+/// How a checkpointed extraction was carried across runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResumeInfo {
+    /// Runs that worked on this extraction (1 = never interrupted).
+    pub runs: u32,
+    /// Queries committed by earlier runs (included in `total_queries`).
+    pub queries_before_this_run: u64,
+    /// Queries answered from the journal of the interrupted stage instead of the target (paid for by
+    /// the interrupted run; included in `total_queries`).
+    pub replayed_queries: u64,
+    /// Batches answered from the journal.
+    pub replayed_batches: u64,
+    /// Whether the requests stopped matching the journal (other code or options), so that the rest of
+    /// the interrupted stage was asked again.
+    pub journal_diverged: bool,
 }
 
 /// Largest relative functional error the final check accepts. 1e-6 is far above the ~1e-10 of a
@@ -220,6 +242,48 @@ pub fn extract<O: Oracle + ?Sized>(
     oracle: &O,
     arch: &Arch,
     p: &ExtractParams,
+    progress: impl FnMut(ProgressEvent),
+) -> Result<Extraction, ExtractError> {
+    extract_resumable(oracle, arch, p, None, progress)
+}
+
+/// Either the target itself or the target behind the journal of a resume directory.
+enum StageOracle<'a, O: Oracle + ?Sized> {
+    Plain(&'a O),
+    Journal(JournalOracle<'a, O>),
+}
+
+impl<O: Oracle + ?Sized> Oracle for StageOracle<'_, O> {
+    fn input_dim(&self) -> usize {
+        match self {
+            Self::Plain(o) => o.input_dim(),
+            Self::Journal(j) => j.input_dim(),
+        }
+    }
+    fn output_dim(&self) -> usize {
+        match self {
+            Self::Plain(o) => o.output_dim(),
+            Self::Journal(j) => j.output_dim(),
+        }
+    }
+    fn query_batch(&self, xs: faer::MatRef<'_, f64>) -> Result<Mat<f64>, OracleError> {
+        match self {
+            Self::Plain(o) => o.query_batch(xs),
+            Self::Journal(j) => j.query_batch(xs),
+        }
+    }
+}
+
+/// [`extract`] with checkpoint/resume: with `resume = Some(dir)`, every finished stage (hidden layer,
+/// output layer) is committed to `dir` and the answers of the stage in progress are journaled, so that
+/// rerunning the same call after a crash or `kill -9` continues where it stopped, asks no query again
+/// except the batch in flight, and returns the same network (see [`crate::checkpoint`]). The directory
+/// is refused if it belongs to another architecture, seed or tolerance set.
+pub fn extract_resumable<O: Oracle + ?Sized>(
+    oracle: &O,
+    arch: &Arch,
+    p: &ExtractParams,
+    resume: Option<&Path>,
     mut progress: impl FnMut(ProgressEvent),
 ) -> Result<Extraction, ExtractError> {
     if arch.input_dim() != oracle.input_dim() || arch.output_dim() != oracle.output_dim() {
@@ -230,12 +294,50 @@ pub fn extract<O: Oracle + ?Sized>(
         )));
     }
     let start = Instant::now();
-    let co = CountingOracle::new(oracle, p.max_queries);
+    let dir = resume.map(ResumeDir::open).transpose()?;
+    let mut state = match &dir {
+        Some(d) => d.load(arch, p)?,
+        None => None,
+    }
+    .unwrap_or_else(|| ExtractionState {
+        schema: STATE_SCHEMA,
+        arch: arch.to_string(),
+        params: p.clone(),
+        layers: Vec::new(),
+        reports: Vec::new(),
+        low_confidence_signs: Vec::new(),
+        queries: 0,
+        wall_seconds: 0.0,
+        runs: 0,
+    });
+    state.runs += 1;
+    state.params = p.clone();
+    if let Some(d) = &dir {
+        // Records this run (and creates the state of a new extraction); the journal is untouched.
+        d.commit(&state)?;
+    }
+    let earlier_seconds = state.wall_seconds;
+    let resumed_queries = state.queries;
+    let stage_oracle = match &dir {
+        Some(d) => StageOracle::Journal(JournalOracle::open(
+            oracle,
+            &d.journal_path(),
+            state.layers.len() as u64,
+        )?),
+        None => StageOracle::Plain(oracle),
+    };
+    let co = CountingOracle::new(&stage_oracle, p.max_queries).with_used(state.queries);
     let mut known = KnownPrefix::new(arch.input_dim());
+    known.layers = state.hidden_layers()?;
+    if !known.layers.is_empty() {
+        tracing::info!(
+            layers = known.layers.len(),
+            queries = state.queries,
+            "resuming: finished hidden layers loaded from the checkpoint"
+        );
+    }
     let hidden = arch.hidden().to_vec();
-    let mut reports = Vec::new();
-    let mut low = Vec::new();
-    for (li, &width) in hidden.iter().enumerate() {
+    for (li, &width) in hidden.iter().enumerate().skip(known.layers.len()) {
         let layer_no = li + 1;
         let mut rng = ChaCha20Rng::seed_from_u64(
             p.seed ^ (0x9E37_79B9_7F4A_7C15_u64.wrapping_mul(layer_no as u64)),
@@ -287,8 +389,10 @@ pub fn extract<O: Oracle + ?Sized>(
             }
         }
         let lowc = signs.low_confidence(p.sign_confidence_min);
-        low.extend(lowc.iter().map(|&k| (layer_no, k)));
-        reports.push(LayerReport {
+        state
+            .low_confidence_signs
+            .extend(lowc.iter().map(|&k| (layer_no, k)));
+        let report = LayerReport {
             layer: layer_no,
             width,
             neurons_found: found,
@@ -314,7 +418,7 @@ pub fn extract<O: Oracle + ?Sized>(
             partially_constrained: (0..found)
                 .filter(|&k| !sig.neurons[k].unconstrained.is_empty())
                 .collect(),
-        });
+        };
         tracing::info!(
             layer = layer_no,
             found,
@@ -322,13 +426,21 @@ pub fn extract<O: Oracle + ?Sized>(
             queries = co.queries(),
             "layer recovered"
         );
+        state.push_layer(&layer, report);
         known.layers.push(layer);
+        if let (Some(d), StageOracle::Journal(j)) = (&dir, &stage_oracle) {
+            state.queries = co.queries();
+            state.wall_seconds = earlier_seconds + start.elapsed().as_secs_f64();
+            d.commit(&state)?;
+            j.begin_stage(known.layers.len() as u64)?;
+        }
         progress(ProgressEvent::LayerDone);
     }
     progress(ProgressEvent::Stage("output layer"));
     let mut rng = ChaCha20Rng::seed_from_u64(p.seed ^ 0x5151_5151);
     let q0 = co.queries();
-    let (out_layer, resid) = fit_output(&co, &known, p.origin_scale, &mut rng)?;
+    let (out_layer, resid) = fit_output(&co, &known, p.origin_scale, &mut rng)
+        .map_err(|e| at_layer(e, hidden.len() + 1, &known))?;
     let output_queries = co.queries() - q0;
     let mut layers = known.layers.clone();
     layers.push(out_layer);
@@ -336,20 +448,35 @@ pub fn extract<O: Oracle + ?Sized>(
     // Verification on fresh queries: never hand back a silently wrong model.
     progress(ProgressEvent::Stage("verify"));
     let q0 = co.queries();
-    let verify_rel_error = verify(&co, &network, p, &mut rng)?;
+    let verify_rel_error =
+        verify(&co, &network, p, &mut rng).map_err(|e| at_layer(e, hidden.len() + 1, &known))?;
     let verify_queries = co.queries() - q0;
+    let resume_info = match &stage_oracle {
+        StageOracle::Journal(j) => {
+            let (rows, batches) = j.replayed();
+            Some(ResumeInfo {
+                runs: state.runs,
+                queries_before_this_run: resumed_queries,
+                replayed_queries: rows,
+                replayed_batches: batches,
+                journal_diverged: j.diverged(),
+            })
+        }
+        StageOracle::Plain(_) => None,
+    };
     let report = ExtractionReport {
         schema: 1,
         arch: arch.to_string(),
         params: p.clone(),
         total_queries: co.queries(),
-        wall_seconds: start.elapsed().as_secs_f64(),
-        layers: reports,
+        wall_seconds: earlier_seconds + start.elapsed().as_secs_f64(),
+        layers: state.reports.clone(),
         output_queries,
         output_fit_residual: resid,
-        low_confidence_signs: low,
+        low_confidence_signs: state.low_confidence_signs.clone(),
         verify_queries,
         verify_rel_error,
+        resume: resume_info,
     };
     // NaN counts as a failure too.
     if verify_rel_error.is_nan() || verify_rel_error > VERIFY_REL_TOL {
@@ -374,14 +501,15 @@ pub fn extract<O: Oracle + ?Sized>(
 
 fn at_layer(e: ExtractError, layer: usize, known: &KnownPrefix) -> ExtractError {
     match e {
-        ExtractError::Oracle(OracleError::BudgetExhausted { budget, used }) => {
-            ExtractError::BudgetExhausted {
-                layer,
-                budget,
-                used,
-                recovered: known.layers.clone(),
-            }
-        }
+        ExtractError::Oracle(
+            OracleError::BudgetExhausted { budget, used }
+            | OracleError::TargetBudgetSpent { budget, used },
+        ) => ExtractError::BudgetExhausted {
+            layer,
+            budget,
+            used,
+            recovered: known.layers.clone(),
+        },
         other => other,
     }
 }

@@ -23,4 +23,4 @@ pub mod train;
 pub use arch::Arch;
 pub use error::ReluError;
 pub use init::InitRecipe;
-pub use network::{Layer, Network};
+pub use network::{Layer, Network, NetworkF32};

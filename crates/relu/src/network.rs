@@ -221,9 +221,108 @@ pub fn relu_in_place(m: &mut Mat<f64>) {
     }
 }
 
+/// The same network evaluated in f32 arithmetic, as a PyTorch/ONNX float32 deployment computes it:
+/// weights, inputs and every intermediate are rounded to f32 (outputs are returned widened to f64).
+/// Used to simulate float32 targets, whose answers carry ~2^-24 relative rounding noise.
+#[derive(Debug, Clone)]
+pub struct NetworkF32 {
+    layers: Vec<(Mat<f32>, Vec<f32>)>,
+}
+
+impl NetworkF32 {
+    /// Rounds every parameter of `net` to f32.
+    pub fn new(net: &Network) -> Self {
+        Self {
+            layers: net
+                .layers()
+                .iter()
+                .map(|l| {
+                    (
+                        Mat::from_fn(l.fan_out(), l.fan_in(), |i, j| l.weight[(i, j)] as f32),
+                        l.bias.iter().map(|&b| b as f32).collect(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Input width.
+    pub fn input_dim(&self) -> usize {
+        self.layers[0].0.ncols()
+    }
+
+    /// Output width.
+    pub fn output_dim(&self) -> usize {
+        self.layers[self.layers.len() - 1].0.nrows()
+    }
+
+    /// Batched forward pass in f32 (`batch × d0` → `batch × d_out`).
+    pub fn forward(&self, x: MatRef<'_, f64>) -> Result<Mat<f64>, ReluError> {
+        if x.ncols() != self.input_dim() {
+            return Err(ReluError::Dimension(format!(
+                "input has {} columns, the network takes {}",
+                x.ncols(),
+                self.input_dim()
+            )));
+        }
+        let n = x.nrows();
+        let mut h = Mat::<f32>::from_fn(n, x.ncols(), |i, j| x[(i, j)] as f32);
+        let last = self.layers.len() - 1;
+        for (k, (w, b)) in self.layers.iter().enumerate() {
+            let mut out = Mat::<f32>::from_fn(n, w.nrows(), |_, j| b[j]);
+            faer::linalg::matmul::matmul(
+                out.as_mut(),
+                Accum::Add,
+                h.as_ref(),
+                w.transpose(),
+                1.0f32,
+                par_for(n, w.nrows(), w.ncols()),
+            );
+            if k < last {
+                for j in 0..out.ncols() {
+                    for v in out.col_mut(j).iter_mut() {
+                        if *v < 0.0 {
+                            *v = 0.0;
+                        }
+                    }
+                }
+            }
+            h = out;
+        }
+        Ok(Mat::from_fn(n, h.ncols(), |i, j| h[(i, j)] as f64))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn f32_evaluation_rounds_like_f32_and_checks_shapes() {
+        let net = Network::random(&"30-20-20-3".parse().unwrap(), crate::InitRecipe::He, 4);
+        let n32 = NetworkF32::new(&net);
+        assert_eq!((n32.input_dim(), n32.output_dim()), (30, 3));
+        let x = Mat::<f64>::from_fn(50, 30, |i, j| ((i * 31 + j * 7) % 13) as f64 / 6.0 - 1.0);
+        let a = net.forward(x.as_ref()).unwrap();
+        let b = n32.forward(x.as_ref()).unwrap();
+        let scale = (0..50)
+            .flat_map(|i| (0..3).map(move |j| (i, j)))
+            .map(|(i, j)| a[(i, j)].abs())
+            .fold(0.0, f64::max);
+        let mut err: f64 = 0.0;
+        for i in 0..50 {
+            for j in 0..3 {
+                err = err.max((a[(i, j)] - b[(i, j)]).abs());
+                // Every answer is an f32 value.
+                assert_eq!(b[(i, j)], b[(i, j)] as f32 as f64);
+            }
+        }
+        assert!(
+            err > 0.0 && err < 1e-5 * scale,
+            "f32 error {err} at scale {scale}"
+        );
+        assert!(n32.forward(Mat::<f64>::zeros(1, 29).as_ref()).is_err());
+    }
 
     fn tiny() -> Network {
         // 2-2-1: h = relu([x0 - x1, x0 + x1 - 1]); y = 2 h0 - h1 + 0.5
