@@ -169,15 +169,26 @@ pub fn run(a: ExtractArgs) -> Result<()> {
             (*extraction, Some(msg))
         }
         Err(ExtractError::BudgetExhausted {
+            by_target,
             layer,
             budget,
             used,
             recovered,
         }) => {
-            let msg = format!(
-                "query budget of {budget} exhausted after {used} queries while recovering hidden layer {layer}"
-            );
+            let msg = if by_target {
+                format!(
+                    "server query budget spent: the target answers at most {budget} queries and has answered {used} (while recovering hidden layer {layer})"
+                )
+            } else {
+                format!(
+                    "query budget of {budget} exhausted after {used} queries while recovering hidden layer {layer}"
+                )
+            };
             let hint = match &a.resume {
+                Some(d) if by_target => format!(
+                    "; rerun with --resume {} once the server answers again to continue",
+                    d.display()
+                ),
                 Some(d) => format!(
                     "; rerun with --resume {} and a larger --max-queries to continue",
                     d.display()

@@ -27,10 +27,13 @@ pub enum ExtractError {
     /// The query budget ran out while recovering `layer`; the hidden layers finished before it are
     /// attached (signed, canonical gauge) so that the work is not lost.
     #[error(
-        "query budget of {budget} exhausted after {used} queries while recovering hidden layer {layer} ({} earlier layers recovered)",
+        "{} query budget of {budget} exhausted after {used} queries while recovering hidden layer {layer} ({} earlier layers recovered)",
+        if *by_target { "server" } else { "our" },
         recovered.len()
     )]
     BudgetExhausted {
+        /// The target's own budget (`OracleError::TargetBudgetSpent`), not our `--max-queries`.
+        by_target: bool,
         /// 1-based hidden layer being recovered.
         layer: usize,
         /// The budget.

@@ -501,15 +501,24 @@ pub fn extract_resumable<O: Oracle + ?Sized>(
 
 fn at_layer(e: ExtractError, layer: usize, known: &KnownPrefix) -> ExtractError {
     match e {
-        ExtractError::Oracle(
-            OracleError::BudgetExhausted { budget, used }
-            | OracleError::TargetBudgetSpent { budget, used },
-        ) => ExtractError::BudgetExhausted {
-            layer,
-            budget,
-            used,
-            recovered: known.layers.clone(),
-        },
+        ExtractError::Oracle(OracleError::BudgetExhausted { budget, used }) => {
+            ExtractError::BudgetExhausted {
+                by_target: false,
+                layer,
+                budget,
+                used,
+                recovered: known.layers.clone(),
+            }
+        }
+        ExtractError::Oracle(OracleError::TargetBudgetSpent { budget, used }) => {
+            ExtractError::BudgetExhausted {
+                by_target: true,
+                layer,
+                budget,
+                used,
+                recovered: known.layers.clone(),
+            }
+        }
         other => other,
     }
 }
