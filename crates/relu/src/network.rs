@@ -139,13 +139,7 @@ impl Network {
 
     /// Batched forward pass. `x` holds one input per row (`batch × d0`); returns `batch × d_out`.
     pub fn forward(&self, x: MatRef<'_, f64>) -> Result<Mat<f64>, ReluError> {
-        if x.ncols() != self.input_dim() {
-            return Err(ReluError::Dimension(format!(
-                "input has {} columns, the network takes {}",
-                x.ncols(),
-                self.input_dim()
-            )));
-        }
+        check_input_width(x.ncols(), self.input_dim())?;
         let last = self.layers.len() - 1;
         let mut h: Option<Mat<f64>> = None;
         for (i, layer) in self.layers.iter().enumerate() {
@@ -168,13 +162,7 @@ impl Network {
 
     /// Pre-activations of every layer (hidden ones before ReLU, then the output), for a batch.
     pub fn preactivations(&self, x: MatRef<'_, f64>) -> Result<Vec<Mat<f64>>, ReluError> {
-        if x.ncols() != self.input_dim() {
-            return Err(ReluError::Dimension(format!(
-                "input has {} columns, the network takes {}",
-                x.ncols(),
-                self.input_dim()
-            )));
-        }
+        check_input_width(x.ncols(), self.input_dim())?;
         let mut out: Vec<Mat<f64>> = Vec::with_capacity(self.layers.len());
         let mut act: Option<Mat<f64>> = None;
         for layer in &self.layers {
@@ -189,6 +177,17 @@ impl Network {
             act = Some(a);
         }
         Ok(out)
+    }
+}
+
+/// The one input-shape check of every forward pass.
+fn check_input_width(got: usize, expected: usize) -> Result<(), ReluError> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(ReluError::Dimension(format!(
+            "input has {got} columns, the network takes {expected}"
+        )))
     }
 }
 
@@ -258,13 +257,7 @@ impl NetworkF32 {
 
     /// Batched forward pass in f32 (`batch × d0` → `batch × d_out`).
     pub fn forward(&self, x: MatRef<'_, f64>) -> Result<Mat<f64>, ReluError> {
-        if x.ncols() != self.input_dim() {
-            return Err(ReluError::Dimension(format!(
-                "input has {} columns, the network takes {}",
-                x.ncols(),
-                self.input_dim()
-            )));
-        }
+        check_input_width(x.ncols(), self.input_dim())?;
         let n = x.nrows();
         let mut h = Mat::<f32>::from_fn(n, x.ncols(), |i, j| x[(i, j)] as f32);
         let last = self.layers.len() - 1;
