@@ -5,7 +5,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use netxray_extract::pipeline::ProgressEvent;
 use netxray_extract::{
-    ExtractError, ExtractParams, NetworkOracle, Oracle, OracleError, extract_resumable,
+    ExtractError, ExtractParams, NetworkOracle, Oracle, OracleError, Precision, extract_resumable,
 };
 use netxray_oracle_http::{ClientConfig, HttpOracle, RoundingGuard};
 use netxray_relu::Arch;
@@ -57,6 +57,21 @@ pub struct ExtractArgs {
     /// Standard deviation of the inputs the attack probes with (the target's natural input scale).
     #[arg(long, default_value_t = 1.0)]
     pub input_scale: f64,
+    /// Arithmetic the attack's tolerances are set for: `f64` (the 2^-30 presets), `f32` (float32
+    /// deployments; experimental, see docs/extraction.md), or `auto` (96 queries first measure the
+    /// answers' noise and choose). Default f64.
+    #[arg(long, default_value = "f64", value_parser = parse_precision)]
+    pub precision: Precision,
+    /// For a model-file target: the arithmetic the simulated deployment answers in. `f64` (default:
+    /// the reference targets store f32-valued weights but are attacked in f64 arithmetic, as the
+    /// papers do), `f32` (what a float32 deployment computes), or `auto` (f32 when every stored
+    /// parameter is an f32 value, e.g. a PyTorch export, else f64).
+    #[arg(long, default_value = "f64", value_parser = parse_precision)]
+    pub target_arith: Precision,
+}
+
+fn parse_precision(s: &str) -> Result<Precision, String> {
+    s.parse()
 }
 
 /// Runs `extract`.
@@ -98,7 +113,24 @@ pub fn run(a: ExtractArgs) -> Result<()> {
             let net = load_network(&a.target)
                 .with_context(|| format!("cannot load target {}", a.target.display()))?;
             let arch = a.arch.clone().unwrap_or_else(|| net.arch());
-            local = NetworkOracle::new(net);
+            let f32_file = net.layers().iter().all(|l| {
+                l.bias.iter().all(|&v| f64::from(v as f32) == v)
+                    && (0..l.fan_out()).all(|r| {
+                        (0..l.fan_in())
+                            .all(|c| f64::from(l.weight[(r, c)] as f32) == l.weight[(r, c)])
+                    })
+            });
+            let in_f32 = match a.target_arith {
+                Precision::F32 => true,
+                Precision::F64 => false,
+                Precision::Auto => f32_file,
+            };
+            if in_f32 {
+                tracing::info!("the target answers in f32 arithmetic (float32 deployment)");
+                local = NetworkOracle::new_f32(&net);
+            } else {
+                local = NetworkOracle::new(net);
+            }
             (&local, arch)
         }
     };
@@ -118,6 +150,7 @@ pub fn run(a: ExtractArgs) -> Result<()> {
         .max_queries(a.max_queries)
         .origin_scale(a.input_scale)
         .probe_coords(a.probe_coords)
+        .precision(a.precision)
         .build()?;
     if let Some(t) = a.threads {
         // A second initialisation (e.g. in tests) is harmless: keep the existing pool.
@@ -259,9 +292,24 @@ pub fn run(a: ExtractArgs) -> Result<()> {
     }
     println!("wall time: {:.2}s", r.wall_seconds);
     println!(
-        "verification (fresh queries): max |f - f^| / max |f| = {:.3e}",
-        r.verify_rel_error
+        "verification (fresh queries): max |f - f^| / max |f| = {:.3e} ({:.1} bits)",
+        r.verify_rel_error, r.precision.reached_bits
     );
+    let pr = &r.precision;
+    match &pr.probe {
+        Some(p) => println!(
+            "precision: {} tolerances ({} asked; answers' noise {:.1e} relative, {})",
+            pr.used.name(),
+            pr.requested.name(),
+            p.noise_rel,
+            if p.f32_answers {
+                "every answer an f32 value"
+            } else {
+                "answers wider than f32"
+            }
+        ),
+        None => println!("precision: {} tolerances", pr.used.name()),
+    }
     if !r.low_confidence_signs.is_empty() {
         println!(
             "low-confidence signs (layer, neuron): {:?}",

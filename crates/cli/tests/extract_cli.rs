@@ -91,3 +91,74 @@ fn budget_and_missing_target_are_one_line_errors() {
         assert!(lines[0].starts_with("error:"), "{err}");
     }
 }
+
+#[test]
+fn precision_auto_measures_the_target_and_reports_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("t.safetensors");
+    let s = dir.path().join("s.safetensors");
+    let r = dir.path().join("r.json");
+    let (t, s, r) = (
+        t.to_str().unwrap(),
+        s.to_str().unwrap(),
+        r.to_str().unwrap(),
+    );
+    new_target(t);
+    // f64 target: auto keeps the f64 presets.
+    let out = netxray(&[
+        "extract",
+        "--target",
+        t,
+        "--out",
+        s,
+        "--report",
+        r,
+        "--seed",
+        "1",
+        "--precision",
+        "auto",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("precision: f64 tolerances (auto asked"),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(r).unwrap()).unwrap();
+    assert_eq!(report["precision"]["used"], "f64");
+    assert_eq!(report["precision"]["probe"]["f32_answers"], false);
+    // The same model deployed in f32: auto switches to the f32 preset; the run either verifies
+    // within 1e-4 or stops with a clear verification error (never a silently wrong model).
+    let out = netxray(&[
+        "extract",
+        "--target",
+        t,
+        "--out",
+        s,
+        "--report",
+        r,
+        "--seed",
+        "1",
+        "--precision",
+        "auto",
+        "--target-arith",
+        "f32",
+    ]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("precision: f32 tolerances"), "{text}");
+    if !out.status.success() {
+        assert!(
+            text.contains("did not verify") || text.contains("incomplete"),
+            "{text}"
+        );
+    }
+    // An unknown precision is a clap error.
+    let bad = netxray(&["extract", "--target", t, "--out", s, "--precision", "f16"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("expected auto, f64 or f32"));
+}

@@ -28,8 +28,9 @@
 
 use crate::error::{ExtractError, OracleError};
 use crate::oracle::Oracle;
-use crate::params::ExtractParams;
+use crate::params::{ExtractParams, Precision};
 use crate::pipeline::LayerReport;
+use crate::precision::PrecisionProbe;
 use faer::{Mat, MatRef};
 use netxray_relu::{Arch, Layer};
 use serde::{Deserialize, Serialize};
@@ -115,6 +116,9 @@ pub struct ExtractionState {
     pub wall_seconds: f64,
     /// How many runs have worked on this extraction (1 for the first).
     pub runs: u32,
+    /// The `--precision auto` measurement, once made.
+    #[serde(default)]
+    pub precision_probe: Option<PrecisionProbe>,
 }
 
 impl ExtractionState {
@@ -138,11 +142,19 @@ impl ExtractionState {
 /// runs (raise a budget, use another machine).
 fn same_attack(a: &ExtractParams, b: &ExtractParams) -> bool {
     let mut a = a.clone();
-    let mut b = b.clone();
+    // `auto` resumes whatever the stored run resolved it to.
+    let mut b = if b.precision == Precision::Auto {
+        b.with_precision(a.precision)
+    } else {
+        b.clone()
+    };
     a.max_queries = None;
     b.max_queries = None;
     a.threads = None;
     b.threads = None;
+    // Measured by the precision probe, not chosen.
+    a.noise_floor = 0.0;
+    b.noise_floor = 0.0;
     a == b
 }
 
@@ -569,6 +581,7 @@ mod tests {
             queries: 7,
             wall_seconds: 1.0,
             runs: 1,
+            precision_probe: None,
         };
         rd.commit(&st).unwrap();
         assert_eq!(rd.load(&arch, &p).unwrap().unwrap().queries, 7);

@@ -39,10 +39,10 @@ pub struct NeuronEstimate {
     dirty: bool,
     /// Witness-collection round in which the estimate was created.
     pub born: usize,
+    /// Weight of a hyperplane row relative to a (unit) signature row (see
+    /// [`crate::params::ExtractParams::hyperplane_weight`]).
+    hyperplane_weight: f64,
 }
-
-/// Weight of a hyperplane row relative to a (unit) signature row.
-const HYPERPLANE_WEIGHT: f64 = 10.0;
 
 /// Anchors kept per estimate.
 const MAX_ANCHORS: usize = 4;
@@ -69,8 +69,9 @@ fn unit(v: Vec<f64>) -> Option<Vec<f64>> {
 }
 
 impl NeuronEstimate {
-    fn new(dim: usize) -> Self {
+    fn new(dim: usize, hyperplane_weight: f64) -> Self {
         Self {
+            hyperplane_weight,
             rows: Vec::new(),
             lines: BTreeSet::new(),
             witnesses: 0,
@@ -97,7 +98,7 @@ impl NeuronEstimate {
             // A crossing is located to ~1e-14 relative, a measured signature only to ~1e-11: weight the
             // exact hyperplane rows so that they dominate wherever they constrain the solution.
             self.rows
-                .push(r.into_iter().map(|v| v * HYPERPLANE_WEIGHT).collect());
+                .push(r.into_iter().map(|v| v * self.hyperplane_weight).collect());
         }
         self.lines.insert(line);
         self.witnesses += 1;
@@ -191,7 +192,7 @@ impl NeuronEstimate {
             }
             self.theta = theta;
             // In units of an unweighted row, so weighting does not loosen the consistency bound.
-            self.residual = res * HYPERPLANE_WEIGHT;
+            self.residual = res * self.hyperplane_weight;
             self.gap = gap;
         }
     }
@@ -259,6 +260,7 @@ pub struct NeuronBank {
     dim: usize,
     /// Current witness-collection round (stamped on new estimates).
     pub round: usize,
+    hyperplane_weight: f64,
 }
 
 /// Tolerances for the bank.
@@ -275,9 +277,10 @@ pub struct BankTol {
 }
 
 impl NeuronBank {
-    /// Empty bank for a layer whose inputs have width `dim`.
-    pub fn new(dim: usize) -> Self {
+    /// Empty bank for a layer whose inputs have width `dim`; hyperplane rows get `hyperplane_weight`.
+    pub fn new(dim: usize, hyperplane_weight: f64) -> Self {
         Self {
+            hyperplane_weight,
             estimates: Vec::new(),
             dim,
             round: 0,
@@ -387,6 +390,11 @@ impl NeuronBank {
             }
             trial.add_witness(w);
             trial.solve();
+            tracing::trace!(
+                agreeing = agreeing.len(),
+                residual = trial.residual,
+                "join attempt"
+            );
             if trial.residual <= tol.residual_max {
                 for &i in agreeing[1..].iter().rev() {
                     self.estimates.remove(i);
@@ -396,7 +404,7 @@ impl NeuronBank {
             }
         }
         if w.full.is_some() {
-            let mut e = NeuronEstimate::new(self.dim);
+            let mut e = NeuronEstimate::new(self.dim, self.hyperplane_weight);
             e.born = self.round;
             e.add_witness(w);
             e.solve();

@@ -53,6 +53,10 @@ pub struct SearchTol {
     pub rel_tol: f64,
     /// Minimum interval length as a fraction of the segment searched.
     pub min_interval_rel: f64,
+    /// Absolute floor of the linearity tolerance: the target's measured answer noise (0 for f64
+    /// targets). Noise follows the magnitudes inside the network, not |f|, so near a zero of f a purely
+    /// relative test would read noise as kinks.
+    pub abs_floor: f64,
 }
 
 /// A single-kink candidate: interval, crossing, predicted value, jump, f(q1), f(q3).
@@ -138,7 +142,7 @@ pub fn find_critical_points<O: Oracle + ?Sized>(
             let f1 = ys[2 * k].clone();
             let f3 = ys[2 * k + 1].clone();
             let s = scale_of(&[&iv.fa, &iv.fb, &iv.fm, &f1, &f3]);
-            let eps = tol.rel_tol * s;
+            let eps = (tol.rel_tol * s).max(tol.abs_floor);
             // Linear?
             let lin = max_abs_diff(&f1, &lerp(q1, iv.a, &iv.fa, iv.b, &iv.fb)) <= eps
                 && max_abs_diff(&iv.fm, &lerp(iv.m, iv.a, &iv.fa, iv.b, &iv.fb)) <= eps
@@ -201,7 +205,7 @@ pub fn find_critical_points<O: Oracle + ?Sized>(
             let ys = oracle.query_points(&pts)?;
             for (k, (iv, t_star, v, jump, f1, f3)) in cands.into_iter().enumerate() {
                 let s = scale_of(&[&iv.fa, &iv.fb, &iv.fm, &v]);
-                if max_abs_diff(&ys[k], &v) <= tol.rel_tol * s {
+                if max_abs_diff(&ys[k], &v) <= (tol.rel_tol * s).max(tol.abs_floor) {
                     found.push(CriticalPoint {
                         line: iv.line,
                         t: t_star,
@@ -266,6 +270,7 @@ mod tests {
         let tol = SearchTol {
             rel_tol: 1e-10,
             min_interval_rel: 1e-12,
+            abs_floor: 0.0,
         };
         let cps = find_critical_points(&co, std::slice::from_ref(&line), &[(0, -50.0, 50.0)], tol)
             .unwrap();

@@ -8,6 +8,16 @@ pub enum ExtractError {
     /// The oracle refused or failed a query.
     #[error("oracle error: {0}")]
     Oracle(#[from] OracleError),
+    /// The target's answers are noisier than any preset tolerates (rounded or randomised outputs).
+    #[error(
+        "the target's answers carry relative noise {noise_rel:.1e} (second differences on tiny linear stencils), more than the f32 preset tolerates ({max:.0e}); its outputs are probably rounded or noised, so the attack stopped before spending more queries"
+    )]
+    TooNoisy {
+        /// Median relative noise measured.
+        noise_rel: f64,
+        /// Largest noise the f32 preset handles.
+        max: f64,
+    },
     /// A parameter of the attack is invalid.
     #[error("invalid parameter '{name}': {reason}")]
     InvalidParam {

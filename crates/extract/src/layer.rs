@@ -13,11 +13,6 @@ use rand_chacha::ChaCha20Rng;
 use rand_distr::StandardNormal;
 use serde::Serialize;
 
-/// Relative distance below which a critical point is taken to lie on an estimate's hyperplane.
-/// Single-witness estimates are accurate to ~1e-10; points of other neurons sit O(1) away. Equal to the
-/// default null-space residual bound, so an attached point cannot spoil the joint solve.
-pub const PLANE_TOL: f64 = 1e-8;
-
 /// Rounds after which a single-witness estimate with no partner is dropped.
 const STALE_ROUNDS: usize = 4;
 
@@ -352,7 +347,7 @@ pub fn recover_layer<O: Oracle + ?Sized>(
     let tol = BankTol {
         cluster_tol: p.cluster_tol,
         min_common: p.min_common_coords,
-        plane_tol: PLANE_TOL,
+        plane_tol: p.plane_tol,
         residual_max: p.null_residual_max,
     };
     let stencil = StencilParams {
@@ -360,16 +355,19 @@ pub fn recover_layer<O: Oracle + ?Sized>(
         shrink: p.stencil_shrink,
         tries: p.stencil_tries,
         rel_tol: p.linearity_rel_tol,
+        rank_one_tol: p.rank_one_tol,
+        abs_floor: p.noise_floor,
     };
     let search_tol = SearchTol {
         rel_tol: p.linearity_rel_tol,
         min_interval_rel: p.min_interval_rel,
+        abs_floor: p.noise_floor,
     };
     let alive = alive_units(known);
     // Screening pays off only when a probe is much cheaper than a full first-layer measurement.
     let mut pool = (known.layers.is_empty() && p.probe_coords > 0 && d0 >= 4 * p.probe_coords)
         .then(|| ProbePool::new(d0, p.probe_coords, 10.0 * p.cluster_tol, rng));
-    let mut bank = NeuronBank::new(dim);
+    let mut bank = NeuronBank::new(dim, p.hyperplane_weight);
     let mut lines: Vec<Line> = Vec::new();
     // Validation verdicts, keyed by the estimate's first anchor (stable across merges of others).
     let mut validated: std::collections::HashMap<Vec<u64>, bool> = std::collections::HashMap::new();
@@ -527,6 +525,7 @@ pub fn recover_layer<O: Oracle + ?Sized>(
             out.refine_queries += oracle.queries() - q0;
             for ((&i, e), (placed, confirmed)) in fresh.iter().zip(sub).zip(tally) {
                 let ok = confirmed >= 1 && 2 * confirmed >= placed;
+                tracing::debug!(placed, confirmed, ok, "validation by prediction");
                 bank.estimates[i] = e;
                 validated.insert(est_key(&bank.estimates[i]), ok);
             }
@@ -593,7 +592,9 @@ pub fn recover_layer<O: Oracle + ?Sized>(
             let va: Vec<f64> = common.iter().map(|&k| a.theta[k]).collect();
             let vc: Vec<f64> = common.iter().map(|&k| c.theta[k]).collect();
             let d = dot(&va, &vc) / (norm(&va) * norm(&vc));
-            d.abs() > 1.0 - 1e-8
+            // Parallel to within the hyperplane tolerance, or (noisy targets) within the distance at
+            // which two signatures count as one neuron (1 − cos ≈ diff²/2).
+            d.abs() > 1.0 - p.plane_tol.max(0.5 * p.cluster_tol * p.cluster_tol)
         });
         if !dup && accepted.len() < width {
             accepted.push(c);
@@ -657,7 +658,7 @@ fn refine<O: Oracle + ?Sized>(
                     let t = bps[j] + (bps[j + 1] - bps[j]) * z[j] / (z[j] - z[j + 1]);
                     let room = (t - bps[j]).min(bps[j + 1] - t);
                     if room > 1e-6 * half {
-                        let w = (0.5 * room).min(1e-3 * half);
+                        let w = (0.5 * room).min(p.refine_window * half);
                         let li = lines.len();
                         lines.push(line.clone());
                         segs.push((li, t - w, t + w));
@@ -677,8 +678,11 @@ fn refine<O: Oracle + ?Sized>(
             .iter()
             .filter(|c| c.line == segs[si].0)
             .min_by(|a, b| (a.t - t_pred).abs().total_cmp(&(b.t - t_pred).abs()));
+        // The kink found must be the predicted one: within a small part of the window (1e-3 of it for
+        // f64 estimates, accurate to ~1e-10; half of it for f32 ones, accurate to ~1e-4). The
+        // hyperplane test below is the real check.
         if let Some(c) = best
-            && (c.t - t_pred).abs() <= 1e-3 * w
+            && (c.t - t_pred).abs() <= (1e5 * p.plane_tol).min(0.5) * w
         {
             let x = lines[c.line].at(c.t);
             let (_, h) = known

@@ -21,10 +21,11 @@ pub mod oracle;
 pub mod output;
 pub mod params;
 pub mod pipeline;
+pub mod precision;
 pub mod sign;
 pub mod signature;
 
 pub use error::{ExtractError, OracleError};
 pub use oracle::{CountingOracle, NetworkOracle, Oracle};
-pub use params::{ExtractParams, ExtractParamsBuilder};
+pub use params::{ExtractParams, ExtractParamsBuilder, Precision};
 pub use pipeline::{Extraction, ExtractionReport, extract, extract_resumable};

@@ -5,9 +5,62 @@
 use crate::error::ExtractError;
 use serde::{Deserialize, Serialize};
 
+/// The arithmetic of the target's answers, which sets how small a difference the attack can trust.
+///
+/// The tolerances below are tied to it: [`ExtractParamsBuilder::precision`] sets all of them to the
+/// preset of that precision (individual setters called afterwards still override single values).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Measure it: before the first layer, a few queries (second differences on tiny stencils, and
+    /// whether every answer is an f32 value) decide between [`Self::F64`] and [`Self::F32`]
+    /// (see [`crate::precision`]); the resolved preset is what the run uses and reports. Until resolved
+    /// the f64 tolerances are in place.
+    Auto,
+    /// Answers computed in f64 (~1e-13 relative rounding after a deep forward pass): the 2^-30 presets.
+    #[default]
+    F64,
+    /// Answers computed in f32, as a PyTorch/ONNX float32 deployment does (~1e-7 relative noise on every
+    /// answer, ~30 bits fewer than f64): linearity tests get an absolute noise floor and a 40× margin
+    /// over the measured noise, clusters and residuals are widened to the ~1e-3 precision of a
+    /// signature measured on f32 answers. **Experimental**: on a balanced 20-10-10-1 the first layer
+    /// comes out right to ~1.5e-3 but the second layer, built on it, does not, and the run ends in
+    /// `VerificationFailed` (never a silently wrong model); see docs/extraction.md.
+    F32,
+}
+
+impl Precision {
+    /// Lower-case name (`f64`, `f32`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::F64 => "f64",
+            Self::F32 => "f32",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "f64" => Ok(Self::F64),
+            "f32" => Ok(Self::F32),
+            other => Err(format!(
+                "unknown precision {other:?} (expected auto, f64 or f32)"
+            )),
+        }
+    }
+}
+
 /// Checked parameters of an extraction. Construct through [`ExtractParamsBuilder`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ExtractParams {
+    /// The target arithmetic the tolerances were chosen for (see [`Precision`]). Default f64 in the
+    /// library (the CLI defaults to `auto`).
+    #[serde(default)]
+    pub precision: Precision,
     /// Seed of every random choice (lines, directions, probe points). Same seed → same result.
     pub seed: u64,
     /// Standard deviation σ of line origins. Default 1: targets are assumed to take roughly standardised
@@ -73,16 +126,83 @@ pub struct ExtractParams {
     pub sign_min_votes: usize,
     /// Wiggle samples per neuron for expansive layers. Default 24.
     pub wiggle_samples: usize,
+    /// Half width of the search window around a predicted crossing (validation and refinement), as a
+    /// fraction of the line's half length. Default 1e-3 (f64 estimates predict crossings to ~1e-9 of
+    /// the line); f32: 1e-2 (predictions are off by ~1e-4 of the line, so a 1e-3 window misses them).
+    #[serde(default = "defaults::refine_window")]
+    pub refine_window: f64,
+    /// Weight of a critical point's hyperplane row relative to a (unit) signature row in a neuron's
+    /// joint solve. Default 10 (f64: crossings are located to ~1e-14, signatures to ~1e-11). A knob for
+    /// noisy targets, where crossings (~1e-6) are far more precise than signatures (~1e-3); the f32
+    /// preset keeps 10 because 100 or 1e3 validated fewer neurons on 20-10-10-1 in our measurements
+    /// (signature rows then barely count while too few hyperplane points are confirmed).
+    #[serde(default = "defaults::hyperplane_weight")]
+    pub hyperplane_weight: f64,
+    /// Relative distance below which a critical point is taken to lie on an estimate's hyperplane.
+    /// Default 1e-8 (f64): single-witness estimates are accurate to ~1e-10 and points of other neurons
+    /// sit O(1) away; equal to the null-space residual bound, so an attached point cannot spoil the
+    /// joint solve. f32: the same (see [`Precision::F32`]).
+    #[serde(default = "defaults::plane_tol")]
+    pub plane_tol: f64,
+    /// A measured jump matrix (outputs × directions) must be rank one to within this fraction of its
+    /// norm, or the stencil met more than one kink. Default 1e-6 (f64 jumps are exact to ~1e-10);
+    /// f32: 1e-2.
+    #[serde(default = "defaults::rank_one_tol")]
+    pub rank_one_tol: f64,
+    /// Absolute floor of every linearity test, in output units. Default 0 (f64 targets); set by the
+    /// precision probe to [`crate::precision::FLOOR_FACTOR`] × the measured absolute noise of a
+    /// second difference when the target answers in f32.
+    #[serde(default)]
+    pub noise_floor: f64,
+    /// Relative noise of one answer: differences below `noise_rel·|f|` are treated as zero by the sign
+    /// methods (a vote, a tie, an influential feature). Default 2.2e-13 (1000 f64 ulps, the rounding of
+    /// a deep forward pass with margin); f32: 1e-5.
+    #[serde(default = "defaults::noise_rel")]
+    pub noise_rel: f64,
+    /// Largest relative functional error the final check on fresh queries accepts. Default 1e-6 (f64):
+    /// far above the ~1e-10 of a correct extraction, far below the O(1) error of a wrong sign or a
+    /// missing neuron. f32: 1e-4, the functional target for float32 deployments.
+    #[serde(default = "defaults::verify_rel_tol")]
+    pub verify_rel_tol: f64,
     /// Query budget (None: unlimited).
     pub max_queries: Option<u64>,
     /// Worker threads (None: rayon default = all cores).
     pub threads: Option<usize>,
 }
 
+/// Serde defaults of fields added after the first checkpoint schema (older `state.json` files).
+mod defaults {
+    pub fn plane_tol() -> f64 {
+        1e-8
+    }
+    pub fn refine_window() -> f64 {
+        1e-3
+    }
+    pub fn hyperplane_weight() -> f64 {
+        10.0
+    }
+    pub fn rank_one_tol() -> f64 {
+        1e-6
+    }
+    pub fn noise_rel() -> f64 {
+        2.2e-13
+    }
+    pub fn verify_rel_tol() -> f64 {
+        1e-6
+    }
+}
+
 impl ExtractParams {
     /// A builder with the documented defaults.
     pub fn builder() -> ExtractParamsBuilder {
         ExtractParamsBuilder::default()
+    }
+
+    /// These parameters with the tolerance preset of `precision` (everything else unchanged).
+    pub fn with_precision(&self, precision: Precision) -> ExtractParams {
+        ExtractParamsBuilder { p: self.clone() }
+            .precision(precision)
+            .p
     }
 }
 
@@ -104,6 +224,7 @@ impl Default for ExtractParamsBuilder {
     fn default() -> Self {
         Self {
             p: ExtractParams {
+                precision: Precision::F64,
                 seed: 0,
                 origin_scale: 1.0,
                 line_half_length: 10.0,
@@ -125,6 +246,13 @@ impl Default for ExtractParamsBuilder {
                 sign_confidence_min: 0.9,
                 sign_min_votes: 4,
                 wiggle_samples: 24,
+                refine_window: defaults::refine_window(),
+                hyperplane_weight: defaults::hyperplane_weight(),
+                plane_tol: defaults::plane_tol(),
+                rank_one_tol: defaults::rank_one_tol(),
+                noise_rel: defaults::noise_rel(),
+                verify_rel_tol: defaults::verify_rel_tol(),
+                noise_floor: 0.0,
                 max_queries: None,
                 threads: None,
             },
@@ -164,8 +292,65 @@ impl ExtractParamsBuilder {
     setter!(sign_confidence_min, f64);
     setter!(sign_min_votes, usize);
     setter!(wiggle_samples, usize);
+    setter!(refine_window, f64);
+    setter!(hyperplane_weight, f64);
+    setter!(plane_tol, f64);
+    setter!(rank_one_tol, f64);
+    setter!(noise_rel, f64);
+    setter!(noise_floor, f64);
+    setter!(verify_rel_tol, f64);
     setter!(max_queries, Option<u64>);
     setter!(threads, Option<usize>);
+
+    /// Sets every precision-dependent tolerance to the preset of `precision` (and records it).
+    ///
+    /// The f32 preset follows the noise measured on float32 targets (the precision probe: median
+    /// relative second difference 2.4e-7 on 20-10-10-1, 4.8e-7 on 64-32-32-10): linearity tests at 1e-5
+    /// (looser lets stencils that straddle a second kink through: on 20-10-10-1 a tolerance of 1e-4 gave
+    /// layer-1 signatures off by up to 0.13, 1e-5 by at most 9e-4), bisection stops at 1e-6 of the
+    /// segment, clusters 1e-2 apart, null-space residuals up to 3e-3, and a stencil that fails its check
+    /// is shrunk only twice by 0.3 (a tiny stencil on f32 answers is pure noise). Free attachment by
+    /// hyperplane distance keeps the f64 tolerance: any wider slab (1e-5 already, measured) lets other
+    /// neurons' points in, so on f32 targets every critical point is measured.
+    pub fn precision(mut self, precision: Precision) -> Self {
+        let p = &mut self.p;
+        p.precision = precision;
+        match precision {
+            Precision::F64 | Precision::Auto => {
+                let d = ExtractParamsBuilder::default().p;
+                p.linearity_rel_tol = d.linearity_rel_tol;
+                p.min_interval_rel = d.min_interval_rel;
+                p.cluster_tol = d.cluster_tol;
+                p.null_residual_max = d.null_residual_max;
+                p.null_gap_min = d.null_gap_min;
+                p.stencil_shrink = d.stencil_shrink;
+                p.stencil_tries = d.stencil_tries;
+                p.refine_window = d.refine_window;
+                p.hyperplane_weight = d.hyperplane_weight;
+                p.plane_tol = d.plane_tol;
+                p.rank_one_tol = d.rank_one_tol;
+                p.noise_rel = d.noise_rel;
+                p.verify_rel_tol = d.verify_rel_tol;
+            }
+            Precision::F32 => {
+                let d64 = ExtractParamsBuilder::default().p;
+                p.linearity_rel_tol = 1e-5;
+                p.min_interval_rel = 1e-6;
+                p.cluster_tol = 1e-2;
+                p.null_residual_max = 3e-3;
+                p.null_gap_min = 1e-2;
+                p.stencil_shrink = 0.3;
+                p.stencil_tries = 3;
+                p.refine_window = 1e-2;
+                p.hyperplane_weight = d64.hyperplane_weight;
+                p.plane_tol = d64.plane_tol;
+                p.rank_one_tol = 1e-2;
+                p.noise_rel = 1e-5;
+                p.verify_rel_tol = 1e-4;
+            }
+        }
+        self
+    }
 
     /// Validates every value and returns the checked parameters.
     pub fn build(self) -> Result<ExtractParams, ExtractError> {
@@ -191,6 +376,17 @@ impl ExtractParamsBuilder {
         pos("null_residual_max", p.null_residual_max)?;
         pos("null_gap_min", p.null_gap_min)?;
         pos("stencil_eps", p.stencil_eps)?;
+        pos("plane_tol", p.plane_tol)?;
+        pos("hyperplane_weight", p.hyperplane_weight)?;
+        if !(p.refine_window > 0.0 && p.refine_window < 0.5) {
+            return Err(bad("refine_window", "must be in (0, 0.5)"));
+        }
+        pos("rank_one_tol", p.rank_one_tol)?;
+        pos("noise_rel", p.noise_rel)?;
+        if !(p.noise_floor.is_finite() && p.noise_floor >= 0.0) {
+            return Err(bad("noise_floor", "must be a finite number >= 0"));
+        }
+        pos("verify_rel_tol", p.verify_rel_tol)?;
         if p.linearity_rel_tol >= 1e-2 {
             return Err(bad(
                 "linearity_rel_tol",
@@ -252,6 +448,39 @@ mod tests {
     }
 
     #[test]
+    fn precision_presets_are_valid_and_reversible() {
+        let f32p = ExtractParams::builder()
+            .precision(Precision::F32)
+            .build()
+            .unwrap();
+        assert_eq!(f32p.precision, Precision::F32);
+        assert!(f32p.linearity_rel_tol > ExtractParams::default().linearity_rel_tol);
+        // Back to f64 gives exactly the defaults.
+        let back = ExtractParams::builder()
+            .precision(Precision::F32)
+            .precision(Precision::F64)
+            .build()
+            .unwrap();
+        assert_eq!(back, ExtractParams::default());
+        // A setter after the preset overrides it.
+        let o = ExtractParams::builder()
+            .precision(Precision::F32)
+            .verify_rel_tol(1e-3)
+            .build()
+            .unwrap();
+        assert_eq!(o.verify_rel_tol, 1e-3);
+        assert_eq!("f32".parse::<Precision>().unwrap(), Precision::F32);
+        assert_eq!("auto".parse::<Precision>().unwrap(), Precision::Auto);
+        let auto = ExtractParams::default().with_precision(Precision::Auto);
+        assert_eq!(auto.verify_rel_tol, ExtractParams::default().verify_rel_tol);
+        assert_eq!(
+            auto.with_precision(Precision::F32),
+            ExtractParams::default().with_precision(Precision::F32)
+        );
+        assert!("f16".parse::<Precision>().is_err());
+    }
+
+    #[test]
     fn each_invalid_value_is_rejected_by_name() {
         let b = ExtractParams::builder;
         let cases: Vec<(ExtractParamsBuilder, &str)> = vec![
@@ -277,6 +506,13 @@ mod tests {
             (b().probe_coords(1), "probe_coords"),
             (b().max_queries(Some(0)), "max_queries"),
             (b().threads(Some(0)), "threads"),
+            (b().plane_tol(0.0), "plane_tol"),
+            (b().refine_window(0.5), "refine_window"),
+            (b().hyperplane_weight(0.0), "hyperplane_weight"),
+            (b().rank_one_tol(f64::NAN), "rank_one_tol"),
+            (b().noise_rel(-1e-9), "noise_rel"),
+            (b().noise_floor(f64::NAN), "noise_floor"),
+            (b().verify_rel_tol(0.0), "verify_rel_tol"),
         ];
         for (builder, expected) in cases {
             assert_eq!(name_of(builder.build().unwrap_err()), expected);

@@ -6,7 +6,8 @@ use crate::known::KnownPrefix;
 use crate::layer::recover_layer;
 use crate::oracle::{CountingOracle, Oracle};
 use crate::output::fit_output;
-use crate::params::ExtractParams;
+use crate::params::{ExtractParams, Precision};
+use crate::precision::{self, PrecisionProbe};
 use crate::sign::{SignOutcome, last_layer, soe, wiggle};
 use faer::Mat;
 use netxray_relu::{Arch, Layer, Network};
@@ -124,6 +125,22 @@ pub struct ExtractionReport {
     /// Present when the run used a resume directory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resume: Option<ResumeInfo>,
+    /// The target arithmetic assumed, how it was chosen, and the precision reached.
+    pub precision: PrecisionReport,
+}
+
+/// Which tolerance preset the run used and what precision it reached.
+#[derive(Debug, Clone, Serialize)]
+pub struct PrecisionReport {
+    /// What was asked for (`auto`, `f64`, `f32`).
+    pub requested: Precision,
+    /// The preset used (never `auto`).
+    pub used: Precision,
+    /// The measurement behind an `auto` choice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe: Option<PrecisionProbe>,
+    /// Precision reached, in bits: −log2 of the verification's relative functional error.
+    pub reached_bits: f64,
 }
 
 /// How a checkpointed extraction was carried across runs.
@@ -142,10 +159,6 @@ pub struct ResumeInfo {
     /// the interrupted stage was asked again.
     pub journal_diverged: bool,
 }
-
-/// Largest relative functional error the final check accepts. 1e-6 is far above the ~1e-10 of a
-/// correct extraction and far below the O(1) error of a wrong sign or a missing neuron.
-pub const VERIFY_REL_TOL: f64 = 1e-6;
 
 /// Queries for the final verification. A sample cannot see errors confined to rare inputs; those come
 /// from neurons with unconstrained inputs, which are refused separately (`ExtractError::Incomplete`).
@@ -194,7 +207,8 @@ fn sign_layer<O: Oracle + ?Sized>(
     rng: &mut ChaCha20Rng,
 ) -> Result<SignOutcome, ExtractError> {
     if is_last_hidden
-        && let Some(s) = last_layer::recover(oracle, known, layer, p.origin_scale, rng)?
+        && let Some(s) =
+            last_layer::recover(oracle, known, layer, p.origin_scale, p.noise_rel, rng)?
     {
         return Ok(s);
     }
@@ -206,6 +220,8 @@ fn sign_layer<O: Oracle + ?Sized>(
         p.sign_min_votes,
         p.origin_scale,
         p.linearity_rel_tol,
+        p.noise_floor,
+        p.noise_rel,
         rng,
     )?;
     if let Some(s) = &soe_out
@@ -222,6 +238,7 @@ fn sign_layer<O: Oracle + ?Sized>(
         p.wiggle_samples,
         p.sign_confidence_min,
         p.origin_scale,
+        p.noise_rel,
         rng,
     )?;
     if let Some(s) = soe_out {
@@ -294,12 +311,20 @@ pub fn extract_resumable<O: Oracle + ?Sized>(
         )));
     }
     let start = Instant::now();
+    let requested = p.precision;
+    let mut p_owned = p.clone();
     let dir = resume.map(ResumeDir::open).transpose()?;
-    let mut state = match &dir {
+    let loaded = match &dir {
         Some(d) => d.load(arch, p)?,
         None => None,
+    };
+    if let Some(st) = &loaded
+        && requested == Precision::Auto
+    {
+        // Resumes with the preset an earlier run measured (still `auto` if it died before measuring).
+        p_owned = p.with_precision(st.params.precision);
     }
-    .unwrap_or_else(|| ExtractionState {
+    let mut state = loaded.unwrap_or_else(|| ExtractionState {
         schema: STATE_SCHEMA,
         arch: arch.to_string(),
         params: p.clone(),
@@ -309,9 +334,10 @@ pub fn extract_resumable<O: Oracle + ?Sized>(
         queries: 0,
         wall_seconds: 0.0,
         runs: 0,
+        precision_probe: None,
     });
     state.runs += 1;
-    state.params = p.clone();
+    state.params = p_owned.clone();
     if let Some(d) = &dir {
         // Records this run (and creates the state of a new extraction); the journal is untouched.
         d.commit(&state)?;
@@ -327,6 +353,20 @@ pub fn extract_resumable<O: Oracle + ?Sized>(
         None => StageOracle::Plain(oracle),
     };
     let co = CountingOracle::new(&stage_oracle, p.max_queries).with_used(state.queries);
+    if p_owned.precision != Precision::F64 && state.precision_probe.is_none() {
+        // `auto` chooses the preset; f32 needs the measured noise for its absolute floor.
+        progress(ProgressEvent::Stage("precision"));
+        let probe = precision::probe(&co, p.origin_scale, p.seed)?;
+        if p_owned.precision == Precision::Auto {
+            p_owned = p_owned.with_precision(probe.chosen);
+        }
+        if p_owned.precision == Precision::F32 {
+            p_owned.noise_floor = precision::FLOOR_FACTOR * probe.noise_abs;
+        }
+        state.params = p_owned.clone();
+        state.precision_probe = Some(probe);
+    }
+    let p = &p_owned;
     let mut known = KnownPrefix::new(arch.input_dim());
     known.layers = state.hidden_layers()?;
     if !known.layers.is_empty() {
@@ -477,9 +517,15 @@ pub fn extract_resumable<O: Oracle + ?Sized>(
         verify_queries,
         verify_rel_error,
         resume: resume_info,
+        precision: PrecisionReport {
+            requested,
+            used: p.precision,
+            probe: state.precision_probe.clone(),
+            reached_bits: -verify_rel_error.max(f64::MIN_POSITIVE).log2(),
+        },
     };
     // NaN counts as a failure too.
-    if verify_rel_error.is_nan() || verify_rel_error > VERIFY_REL_TOL {
+    if verify_rel_error.is_nan() || verify_rel_error > p.verify_rel_tol {
         return Err(ExtractError::VerificationFailed {
             rel_error: verify_rel_error,
             extraction: Box::new(Extraction { network, report }),

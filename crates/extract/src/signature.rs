@@ -49,6 +49,10 @@ pub struct StencilParams {
     pub tries: usize,
     /// Relative linearity tolerance.
     pub rel_tol: f64,
+    /// Largest deviation from rank one of the jump matrix, relative to its norm.
+    pub rank_one_tol: f64,
+    /// Absolute floor of the linearity tolerance (see [`crate::critical::SearchTol::abs_floor`]).
+    pub abs_floor: f64,
 }
 
 /// Local geometry at a critical point: directions and the rows they map to.
@@ -279,7 +283,7 @@ pub fn measure_on<O: Oracle + ?Sized>(
                         sc = sc.max(c[i].abs()).max((plus[i] - minus[i]).abs());
                         dev = dev.max((plus[i] + minus[i] - 2.0 * c[i]).abs());
                     }
-                    (dev <= p.rel_tol * sc.max(f64::MIN_POSITIVE)).then(|| {
+                    (dev <= (p.rel_tol * sc).max(p.abs_floor).max(f64::MIN_POSITIVE)).then(|| {
                         plus.iter()
                             .zip(minus)
                             .map(|(a, b)| (a - b) / (2.0 * e))
@@ -326,7 +330,7 @@ pub fn measure_on<O: Oracle + ?Sized>(
             big = big.max(norm(&jump));
         }
         // A single neuron's jump is rank one across directions; anything else is not one kink.
-        if big == 0.0 || resid > 1e-6 * big {
+        if big == 0.0 || resid > p.rank_one_tol * big {
             out.push(None);
             continue;
         }

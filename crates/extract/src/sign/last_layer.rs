@@ -21,6 +21,7 @@ pub fn recover<O: Oracle + ?Sized>(
     known: &KnownPrefix,
     layer: &Layer,
     sigma: f64,
+    noise_rel: f64,
     rng: &mut ChaCha20Rng,
 ) -> Result<Option<SignOutcome>, ExtractError> {
     let w = layer.fan_out();
@@ -106,7 +107,9 @@ pub fn recover<O: Oracle + ?Sized>(
                 .expect("linear column");
             let g = norm(&coef(j));
             let zmax = z.iter().fold(0.0_f64, |m, zi| m.max(zi[k].abs()));
-            let influential = g * zmax > 1e-9 * scale_out.max(f64::MIN_POSITIVE);
+            // Influential beyond the answers' noise.
+            let influential =
+                g * zmax > 1e-9_f64.max(10.0 * noise_rel) * scale_out.max(f64::MIN_POSITIVE);
             signs[k] = match (state[k], influential) {
                 (1, true) | (-1, false) => 1.0,
                 _ => -1.0,

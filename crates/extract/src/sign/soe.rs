@@ -25,6 +25,8 @@ pub fn recover<O: Oracle + ?Sized>(
     min_votes: usize,
     sigma: f64,
     rel_tol: f64,
+    abs_floor: f64,
+    noise_rel: f64,
     rng: &mut ChaCha20Rng,
 ) -> Result<Option<SignOutcome>, ExtractError> {
     let w = layer.fan_out();
@@ -70,7 +72,7 @@ pub fn recover<O: Oracle + ?Sized>(
             let dev =
                 (0..f0.len()).fold(0.0_f64, |m, i| m.max((yp[i] + ym[i] - 2.0 * f0[i]).abs()));
             // A deeper unit flipped inside the stencil: no vote from this direction.
-            if dev > rel_tol * sc.max(f64::MIN_POSITIVE) {
+            if dev > (rel_tol * sc).max(abs_floor).max(f64::MIN_POSITIVE) {
                 continue;
             }
             // Response per unit of ẑ_k.
@@ -90,8 +92,9 @@ pub fn recover<O: Oracle + ?Sized>(
             .max(big * eps);
         for k in 0..w {
             let Some(r) = resp[k] else { continue };
-            // Non-zero beyond rounding: rounding of a difference quotient is ~1e-16·|f|/eps.
-            if r * eps / scale[k] > 1e3 * f64::EPSILON * sc && r > 1e-9 * big {
+            // Non-zero beyond the answers' noise (`noise_rel·|f|` per answer, so ~noise_rel·|f|/eps on
+            // a difference quotient).
+            if r * eps / scale[k] > noise_rel * sc && r > 1e-9_f64.max(10.0 * noise_rel) * big {
                 if z[k] > 0.0 {
                     plus[k] += 1;
                 } else {

@@ -114,6 +114,7 @@ fn vote<O: Oracle + ?Sized>(
     neurons: &[usize],
     samples: usize,
     sigma: f64,
+    noise_rel: f64,
     rng: &mut ChaCha20Rng,
     counts: &mut [(usize, usize)],
 ) -> Result<(), ExtractError> {
@@ -142,8 +143,9 @@ fn vote<O: Oracle + ?Sized>(
         let dp: Vec<f64> = fp.iter().zip(f0).map(|(a, b)| a - b).collect();
         let dm: Vec<f64> = fm.iter().zip(f0).map(|(a, b)| a - b).collect();
         let (np, nm) = (norm(&dp), norm(&dm));
-        // A tie carries no information (both sides blocked downstream).
-        if (np - nm).abs() <= 1e-12 * np.max(nm) {
+        // A tie carries no information (both sides blocked downstream); within the answers' noise
+        // counts as a tie.
+        if (np - nm).abs() <= 1e-12_f64.max(noise_rel) * np.max(nm) {
             continue;
         }
         if np > nm {
@@ -163,6 +165,7 @@ pub fn recover<O: Oracle + ?Sized>(
     samples: usize,
     confidence_min: f64,
     sigma: f64,
+    noise_rel: f64,
     rng: &mut ChaCha20Rng,
 ) -> Result<SignOutcome, ExtractError> {
     let w = layer.fan_out();
@@ -170,7 +173,16 @@ pub fn recover<O: Oracle + ?Sized>(
     let with_layer = known.extended(layer);
     let mut counts = vec![(0usize, 0usize); w];
     let all: Vec<usize> = (0..w).collect();
-    vote(oracle, &with_layer, &all, samples, sigma, rng, &mut counts)?;
+    vote(
+        oracle,
+        &with_layer,
+        &all,
+        samples,
+        sigma,
+        noise_rel,
+        rng,
+        &mut counts,
+    )?;
     let conf_of = |c: (usize, usize)| -> f64 {
         let tot = c.0 + c.1;
         if tot == 0 {
@@ -192,6 +204,7 @@ pub fn recover<O: Oracle + ?Sized>(
             &low,
             samples * 4 * round,
             sigma,
+            noise_rel,
             rng,
             &mut counts,
         )?;
