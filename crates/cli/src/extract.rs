@@ -54,6 +54,11 @@ pub struct ExtractArgs {
     /// queries on 784-input nets, at ~2^-26 instead of 2^-30 precision on the first layer. 0 = off.
     #[arg(long, value_name = "K", default_value_t = 0)]
     pub probe_coords: usize,
+    /// Skip the brute-force sign cross-check of hidden layers of width ≤ 16 (by default all 2^w sign
+    /// patterns are scored against measured gradients; a decisive disagreement corrects the signs,
+    /// an indecisive one flags the neurons as low confidence).
+    #[arg(long)]
+    pub no_brute_check: bool,
     /// Standard deviation of the inputs the attack probes with (the target's natural input scale).
     #[arg(long, default_value_t = 1.0)]
     pub input_scale: f64,
@@ -151,6 +156,7 @@ pub fn run(a: ExtractArgs) -> Result<()> {
         .origin_scale(a.input_scale)
         .probe_coords(a.probe_coords)
         .precision(a.precision)
+        .brute_check(!a.no_brute_check)
         .build()?;
     if let Some(t) = a.threads {
         // A second initialisation (e.g. in tests) is harmless: keep the existing pool.
@@ -269,6 +275,25 @@ pub fn run(a: ExtractArgs) -> Result<()> {
             l.sign_method,
             l.seconds.signatures + l.seconds.sign
         );
+        if let Some(c) = &l.brute_check {
+            println!(
+                "  brute-force sign check: {} patterns on {} points, chosen score {:.1e}, second best {:.1e}, {}",
+                c.patterns,
+                c.points,
+                c.chosen_score,
+                c.second_score,
+                if c.disagree.is_empty() {
+                    "agrees".to_string()
+                } else if c.adopted {
+                    format!(
+                        "disagreed on neurons {:?}: decisive, its signs adopted",
+                        c.disagree
+                    )
+                } else {
+                    format!("DISAGREES on neurons {:?} (flagged)", c.disagree)
+                }
+            );
+        }
     }
     println!(
         "output layer: {} queries, fit residual {:.3e}",

@@ -8,6 +8,7 @@ use crate::oracle::{CountingOracle, Oracle};
 use crate::output::fit_output;
 use crate::params::{ExtractParams, Precision};
 use crate::precision::{self, PrecisionProbe};
+use crate::sign::brute::{self, BruteCheck};
 use crate::sign::{SignOutcome, last_layer, soe, wiggle};
 use faer::Mat;
 use netxray_relu::{Arch, Layer, Network};
@@ -65,6 +66,9 @@ pub struct LayerReport {
     pub seconds: StageSeconds,
     /// Sign method.
     pub sign_method: String,
+    /// The brute-force cross-check of the signs (with `brute_check`, width ≤ 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brute_check: Option<BruteCheck>,
     /// Sign confidence per neuron (order of the output network).
     pub sign_confidence: Vec<f64>,
     /// Neurons whose sign confidence is below the threshold.
@@ -420,6 +424,63 @@ pub fn extract_resumable<O: Oracle + ?Sized>(
                 queries: 0,
             }
         };
+        let mut signs = signs;
+        let mut brute_check = if p.brute_check && found > 0 && found <= brute::MAX_WIDTH {
+            brute::cross_check(
+                &co,
+                &known,
+                &live,
+                &signs.signs,
+                2 * found + 8,
+                p.origin_scale,
+                p.linearity_rel_tol,
+                p.noise_floor,
+                &mut rng,
+            )
+            .map_err(|e| at_layer(e, layer_no, &known))?
+        } else {
+            None
+        };
+        let mut brute_flagged = Vec::new();
+        if let Some(c) = &brute_check
+            && c.decisive()
+        {
+            // A decisive brute force confirms the signs it can observe.
+            for &k in &c.confirmed {
+                signs.confidence[k] = 1.0;
+            }
+        }
+        if let Some(c) = brute_check.as_mut()
+            && !c.disagree.is_empty()
+        {
+            if c.decisive() {
+                tracing::warn!(layer = layer_no, neurons = ?c.disagree, "brute-force sign check disagrees decisively; its signs are adopted");
+                for &k in &c.disagree {
+                    signs.signs[k] = c.best_signs[k];
+                    signs.confidence[k] = 1.0;
+                }
+                signs.method = match signs.method {
+                    "last-layer-lstsq" => "last-layer-lstsq, corrected by brute force",
+                    "soe-exact" => "soe-exact, corrected by brute force",
+                    "neuron-wiggle" => "neuron-wiggle, corrected by brute force",
+                    "soe-exact + neuron-wiggle" => {
+                        "soe-exact + neuron-wiggle, corrected by brute force"
+                    }
+                    _ => "polynomial methods, corrected by brute force",
+                };
+                c.adopted = true;
+            } else {
+                tracing::warn!(layer = layer_no, neurons = ?c.disagree, "brute-force sign check disagrees; flagged as low confidence");
+                brute_flagged = c.disagree.clone();
+            }
+        }
+        let mut lowc = signs.low_confidence(p.sign_confidence_min);
+        for k in brute_flagged {
+            if !lowc.contains(&k) {
+                lowc.push(k);
+            }
+        }
+        lowc.sort_unstable();
         for r in 0..found {
             if signs.signs[r] < 0.0 {
                 for c in 0..dim {
@@ -428,7 +489,6 @@ pub fn extract_resumable<O: Oracle + ?Sized>(
                 layer.bias[r] = -layer.bias[r];
             }
         }
-        let lowc = signs.low_confidence(p.sign_confidence_min);
         state
             .low_confidence_signs
             .extend(lowc.iter().map(|&k| (layer_no, k)));
@@ -445,13 +505,14 @@ pub fn extract_resumable<O: Oracle + ?Sized>(
                 search: sig.search_queries,
                 signature: sig.signature_queries,
                 refine: sig.refine_queries,
-                sign: signs.queries,
+                sign: signs.queries + brute_check.as_ref().map_or(0, |c| c.queries),
             },
             seconds: StageSeconds {
                 signatures: sig_secs,
                 sign: t1.elapsed().as_secs_f64(),
             },
             sign_method: signs.method.to_string(),
+            brute_check,
             sign_confidence: signs.confidence.clone(),
             low_confidence: lowc,
             max_null_residual: sig.neurons.iter().map(|n| n.residual).fold(0.0, f64::max),

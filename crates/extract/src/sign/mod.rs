@@ -8,9 +8,13 @@
 //!   that move one neuron's pre-activation at a time: a non-zero response proves that neuron active,
 //!   so its sign is the sign of `ẑ` there. Exact, no votes on noise.
 //! - [`wiggle`]: the neuron wiggle for expansive layers, a vote with a confidence per neuron.
+//! - [`brute`]: a cross-check of the above for layers of width ≤ 16 (on by default): every sign pattern
+//!   is scored against measured gradients; a decisive disagreement corrects the signs, an indecisive
+//!   one flags the neurons.
 //!
 //! Every neuron gets a confidence; low confidence is reported, never silently trusted.
 
+pub mod brute;
 pub mod last_layer;
 pub mod soe;
 pub mod wiggle;
