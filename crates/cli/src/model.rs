@@ -57,6 +57,34 @@ pub struct CompareArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also compare on a dataset's test images (mnist, fashion-mnist, cifar10), preprocessed as
+    /// `model train` does: x/255, then standardised with the training split's per-channel mean and
+    /// std. Needs --data-dir.
+    #[arg(long, value_parser = parse_dataset, requires = "data_dir")]
+    pub dataset: Option<netxray_data::DatasetKind>,
+    /// Folder with the dataset's files (IDX or CIFAR-10 binary).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+fn parse_dataset(s: &str) -> Result<netxray_data::DatasetKind, String> {
+    s.parse()
+        .map_err(|e: netxray_data::DataError| e.to_string())
+}
+
+/// Test images of `kind`, standardised with the training split's statistics (as `model train`).
+fn test_inputs(kind: netxray_data::DatasetKind, dir: &std::path::Path) -> Result<faer::Mat<f64>> {
+    use netxray_data::Split;
+    let mut train = netxray_data::load(kind, dir, Split::Train)
+        .with_context(|| format!("loading the {kind} training split (for its mean and std)"))?;
+    let mut test = netxray_data::load(kind, dir, Split::Test)
+        .with_context(|| format!("loading the {kind} test split"))?;
+    let (mean, std) = train.standardise();
+    test.normalise(&mean, &std)?;
+    let d = test.feature_dim();
+    Ok(faer::Mat::from_fn(test.len(), d, |i, j| {
+        f64::from(test.sample(i)[j])
+    }))
 }
 
 fn load(p: &std::path::Path) -> Result<Network> {
@@ -227,8 +255,29 @@ pub fn compare(a: CompareArgs) -> Result<()> {
         },
     )
     .context("cannot compare")?;
+    let on_data = match (&a.dataset, &a.data_dir) {
+        (Some(kind), Some(dir)) => {
+            let xs = test_inputs(*kind, dir)?;
+            if xs.ncols() != t.input_dim() {
+                anyhow::bail!(
+                    "{kind} test images have {} features but the networks take {} inputs",
+                    xs.ncols(),
+                    t.input_dim()
+                );
+            }
+            Some((
+                kind.to_string(),
+                netxray_relu::compare::compare_on_inputs(&t, &c, xs.as_ref())?,
+            ))
+        }
+        _ => None,
+    };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        let mut v = serde_json::to_value(&r)?;
+        if let Some((name, d)) = &on_data {
+            v["dataset"] = serde_json::json!({ "name": name, "test": d });
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     println!("architecture: {}", r.arch);
@@ -250,6 +299,16 @@ pub fn compare(a: CompareArgs) -> Result<()> {
         "label agreement ({}): {:.4}",
         r.agreement_kind, r.label_agreement
     );
+    if let Some((name, d)) = &on_data {
+        println!(
+            "{name} test images: {} inputs, label agreement {:.4} ({} differ), max |f - f^| {:.3e} (relative {:.3e})",
+            d.samples,
+            d.label_agreement,
+            d.label_disagreements,
+            d.max_output_error,
+            d.max_output_error_rel
+        );
+    }
     println!();
     println!(
         "{:<18} {:>12} {:>8} {:>14} {:>10}",

@@ -182,3 +182,74 @@ fn inspects_the_reference_npz() {
     assert!(out.contains("architecture: 40-20-10-10-1"), "{out}");
     assert!(out.contains("parameters: 1151"), "{out}");
 }
+
+#[test]
+fn compares_on_the_test_images_of_a_dataset() {
+    let data = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/datasets/fashion-mnist"
+    );
+    if !Path::new(data).exists() {
+        eprintln!("skipped: {data} not present");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.safetensors");
+    let b = dir.path().join("b.safetensors");
+    let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+    for (p, seed) in [(a, "1"), (b, "2")] {
+        stdout(&netxray(&[
+            "model", "new", "--arch", "784-8-10", "--seed", seed, "--out", p,
+        ]));
+    }
+    let same = netxray(&[
+        "model",
+        "compare",
+        "--truth",
+        a,
+        "--candidate",
+        a,
+        "--samples",
+        "100",
+        "--json",
+        "--dataset",
+        "fashion-mnist",
+        "--data-dir",
+        data,
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&same)).unwrap();
+    assert_eq!(v["dataset"]["name"], "fashion-mnist");
+    assert_eq!(v["dataset"]["test"]["samples"], 10000);
+    assert_eq!(v["dataset"]["test"]["label_agreement"], 1.0);
+    let other = netxray(&[
+        "model",
+        "compare",
+        "--truth",
+        a,
+        "--candidate",
+        b,
+        "--samples",
+        "100",
+        "--dataset",
+        "fashion-mnist",
+        "--data-dir",
+        data,
+    ]);
+    let text = stdout(&other);
+    assert!(
+        text.contains("fashion-mnist test images: 10000 inputs"),
+        "{text}"
+    );
+    // --dataset needs --data-dir.
+    let bad = netxray(&[
+        "model",
+        "compare",
+        "--truth",
+        a,
+        "--candidate",
+        a,
+        "--dataset",
+        "fashion-mnist",
+    ]);
+    assert!(!bad.status.success());
+}

@@ -617,9 +617,101 @@ pub fn compare(
     })
 }
 
+/// Functional agreement of two networks on given inputs (e.g. a dataset's test images).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct InputsReport {
+    /// Inputs evaluated.
+    pub samples: usize,
+    /// max |f − f̂| over inputs and outputs.
+    pub max_output_error: f64,
+    /// max |f| over inputs and outputs.
+    pub max_abs_output: f64,
+    /// `max_output_error / max_abs_output`.
+    pub max_output_error_rel: f64,
+    /// Fraction of inputs where the predicted label agrees (argmax; sign for one output).
+    pub label_agreement: f64,
+    /// Inputs where the labels differ.
+    pub label_disagreements: usize,
+}
+
+/// Evaluates both networks on the rows of `xs` (`n × d0`, n ≥ 1) and compares outputs and labels.
+pub fn compare_on_inputs(
+    truth: &Network,
+    candidate: &Network,
+    xs: faer::MatRef<'_, f64>,
+) -> Result<InputsReport, ReluError> {
+    check_same_arch(truth, candidate)?;
+    if xs.nrows() == 0 {
+        return Err(ReluError::InvalidParam(
+            "compare needs at least one input".into(),
+        ));
+    }
+    let (mut err, mut scale, mut disagree) = (0.0_f64, 0.0_f64, 0usize);
+    let label = |row: &[f64]| -> usize {
+        if row.len() == 1 {
+            usize::from(row[0] > 0.0)
+        } else {
+            (0..row.len())
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                .unwrap_or(0)
+        }
+    };
+    for start in (0..xs.nrows()).step_by(BATCH) {
+        let n = (xs.nrows() - start).min(BATCH);
+        let x = xs.subrows(start, n);
+        let (yt, yc) = (truth.forward(x)?, candidate.forward(x)?);
+        for i in 0..n {
+            let rt: Vec<f64> = (0..yt.ncols()).map(|j| yt[(i, j)]).collect();
+            let rc: Vec<f64> = (0..yc.ncols()).map(|j| yc[(i, j)]).collect();
+            for (a, b) in rt.iter().zip(&rc) {
+                err = err.max((a - b).abs());
+                scale = scale.max(a.abs());
+            }
+            if label(&rt) != label(&rc) {
+                disagree += 1;
+            }
+        }
+    }
+    let n = xs.nrows();
+    Ok(InputsReport {
+        samples: n,
+        max_output_error: err,
+        max_abs_output: scale,
+        max_output_error_rel: if scale > 0.0 { err / scale } else { err },
+        label_agreement: (n - disagree) as f64 / n as f64,
+        label_disagreements: disagree,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compare_on_inputs_counts_label_flips() {
+        let arch: crate::Arch = "4-5-3".parse().unwrap();
+        let a = Network::random(&arch, crate::InitRecipe::Balanced, 1);
+        let xs = Mat::<f64>::from_fn(50, 4, |i, j| ((i * 7 + j * 3) % 11) as f64 / 5.0 - 1.0);
+        let same = compare_on_inputs(&a, &a, xs.as_ref()).unwrap();
+        assert_eq!(same.label_agreement, 1.0);
+        assert_eq!(same.max_output_error, 0.0);
+        // Negating the output layer flips every label where the argmax is unique.
+        let mut layers = a.layers().to_vec();
+        let last = layers.last_mut().unwrap();
+        for r in 0..last.fan_out() {
+            for c in 0..last.fan_in() {
+                last.weight[(r, c)] = -last.weight[(r, c)];
+            }
+            last.bias[r] = -last.bias[r];
+        }
+        let b = Network::new(layers).unwrap();
+        let r = compare_on_inputs(&a, &b, xs.as_ref()).unwrap();
+        assert!(
+            r.label_disagreements > 0 && r.label_agreement < 1.0,
+            "{r:?}"
+        );
+        assert!(compare_on_inputs(&a, &b, xs.subrows(0, 0)).is_err());
+    }
 
     fn brute(cost: &[Vec<f64>], m: usize) -> f64 {
         fn rec(cost: &[Vec<f64>], i: usize, used: &mut Vec<bool>, m: usize) -> f64 {
