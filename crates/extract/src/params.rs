@@ -325,39 +325,34 @@ impl ExtractParamsBuilder {
     pub fn precision(mut self, precision: Precision) -> Self {
         let p = &mut self.p;
         p.precision = precision;
-        match precision {
-            Precision::F64 | Precision::Auto => {
-                let d = ExtractParamsBuilder::default().p;
-                p.linearity_rel_tol = d.linearity_rel_tol;
-                p.min_interval_rel = d.min_interval_rel;
-                p.cluster_tol = d.cluster_tol;
-                p.null_residual_max = d.null_residual_max;
-                p.null_gap_min = d.null_gap_min;
-                p.stencil_shrink = d.stencil_shrink;
-                p.stencil_tries = d.stencil_tries;
-                p.refine_window = d.refine_window;
-                p.hyperplane_weight = d.hyperplane_weight;
-                p.plane_tol = d.plane_tol;
-                p.rank_one_tol = d.rank_one_tol;
-                p.noise_rel = d.noise_rel;
-                p.verify_rel_tol = d.verify_rel_tol;
-            }
-            Precision::F32 => {
-                let d64 = ExtractParamsBuilder::default().p;
-                p.linearity_rel_tol = 1e-5;
-                p.min_interval_rel = 1e-6;
-                p.cluster_tol = 1e-2;
-                p.null_residual_max = 3e-3;
-                p.null_gap_min = 1e-2;
-                p.stencil_shrink = 0.3;
-                p.stencil_tries = 3;
-                p.refine_window = 1e-2;
-                p.hyperplane_weight = d64.hyperplane_weight;
-                p.plane_tol = d64.plane_tol;
-                p.rank_one_tol = 1e-2;
-                p.noise_rel = 1e-5;
-                p.verify_rel_tol = 1e-4;
-            }
+        // Every precision-dependent tolerance starts from the f64 preset; f32 then widens what noise
+        // touches (hyperplane attachment and weight stay as they are, see the doc above).
+        let d = ExtractParamsBuilder::default().p;
+        p.linearity_rel_tol = d.linearity_rel_tol;
+        p.min_interval_rel = d.min_interval_rel;
+        p.cluster_tol = d.cluster_tol;
+        p.null_residual_max = d.null_residual_max;
+        p.null_gap_min = d.null_gap_min;
+        p.stencil_shrink = d.stencil_shrink;
+        p.stencil_tries = d.stencil_tries;
+        p.refine_window = d.refine_window;
+        p.hyperplane_weight = d.hyperplane_weight;
+        p.plane_tol = d.plane_tol;
+        p.rank_one_tol = d.rank_one_tol;
+        p.noise_rel = d.noise_rel;
+        p.verify_rel_tol = d.verify_rel_tol;
+        if precision == Precision::F32 {
+            p.linearity_rel_tol = 1e-5;
+            p.min_interval_rel = 1e-6;
+            p.cluster_tol = 1e-2;
+            p.null_residual_max = 3e-3;
+            p.null_gap_min = 1e-2;
+            p.stencil_shrink = 0.3;
+            p.stencil_tries = 3;
+            p.refine_window = 1e-2;
+            p.rank_one_tol = 1e-2;
+            p.noise_rel = 1e-5;
+            p.verify_rel_tol = 1e-4;
         }
         self
     }
