@@ -130,9 +130,11 @@ impl ProbePool {
         }
     }
 
-    /// Probes `cps` and returns the points to measure in full — those whose probe matched an earlier
-    /// one — and their earlier partners, to be attached to the new estimate for free afterwards (a
-    /// second full measurement would only add ~d0 redundant rows to every later null-space solve).
+    /// Probes `cps` and returns the points to measure in full: those whose probe matched an earlier
+    /// one, and their earlier partners. Both are measured, so a first-layer neuron starts from two
+    /// full witnesses on independent lines, as without screening (one alone leaves its row at the
+    /// precision of one finite-difference signature, ~2^-26 on 784 inputs); the span solve of
+    /// [`crate::cluster`] keeps the extra `d0` rows cheap.
     fn screen<O: Oracle + ?Sized>(
         &mut self,
         oracle: &CountingOracle<'_, O>,
@@ -140,10 +142,9 @@ impl ProbePool {
         lines: &[Line],
         cps: Vec<CriticalPoint>,
         stencil: StencilParams,
-    ) -> Result<(Vec<CriticalPoint>, Vec<CriticalPoint>), ExtractError> {
+    ) -> Result<Vec<CriticalPoint>, ExtractError> {
         let probes = measure_on(oracle, known, lines, &cps, stencil, Some(&self.coords))?;
         let mut full = Vec::new();
-        let mut partners = Vec::new();
         for (cp, probe) in cps.into_iter().zip(probes) {
             let Some(mut row) = probe.and_then(|w| w.full) else {
                 continue;
@@ -155,20 +156,27 @@ impl ProbePool {
             if big < 0.0 {
                 row.iter_mut().for_each(|v| *v = -*v);
             }
-            let hit = self
-                .waiting
-                .iter()
-                .position(|(r, _)| r.iter().zip(&row).all(|(a, b)| (a - b).abs() <= self.tol));
+            // Only a partner on another line counts: consecutive kinks of one deeper unit on the same
+            // line often share the activation pattern, hence the probe row, while a first-layer
+            // neuron is met once per line.
+            let hit = self.waiting.iter().position(|(r, other)| {
+                other.line != cp.line && r.iter().zip(&row).all(|(a, b)| (a - b).abs() <= self.tol)
+            });
             match hit {
                 Some(i) => {
                     let (_, partner) = self.waiting.swap_remove(i);
-                    partners.push(partner);
+                    full.push(partner);
                     full.push(cp);
                 }
                 None => self.waiting.push((row, cp)),
             }
         }
-        Ok((full, partners))
+        tracing::debug!(
+            matched = full.len(),
+            waiting = self.waiting.len(),
+            "first-layer screening"
+        );
+        Ok(full)
     }
 }
 
@@ -202,25 +210,14 @@ fn attach_or_measure<O: Oracle + ?Sized>(
     }
     bank.solve_dirty();
     let q0 = oracle.queries();
-    let mut partners = Vec::new();
     if let Some(pool) = pool {
-        (to_measure, partners) = pool.screen(oracle, known, lines, to_measure, stencil)?;
+        to_measure = pool.screen(oracle, known, lines, to_measure, stencil)?;
     }
     let ws = measure(oracle, known, lines, &to_measure, stencil)?;
     out.signature_queries += oracle.queries() - q0;
     for w in ws.into_iter().flatten() {
         out.measured_witnesses += 1;
         bank.add_witness(&w, tol);
-    }
-    if !partners.is_empty() {
-        // The new estimates need their hyperplane before their partners can be tested against it.
-        bank.solve_dirty();
-    }
-    for cp in partners {
-        let x = lines[cp.line].at(cp.t);
-        if bank.attach_point(&x, cp.line, tol) {
-            out.attached_points += 1;
-        }
     }
     Ok(())
 }
@@ -244,11 +241,10 @@ fn follow_to_unit(
 ) -> Option<(Line, f64)> {
     let d0 = known.input_dim;
     let dim = known.out_dim();
-    let eye = faer::Mat::<f64>::identity(d0, d0);
     let mut x = anchor.to_vec();
     let mut travelled: f64 = 0.0;
     for _ in 0..16 {
-        let st = known.local(&x, &eye);
+        let st = known.local_full(&x);
         let g: Vec<f64> = (0..d0)
             .map(|c| (0..dim).map(|r| theta[r] * st.dh[(r, c)]).sum())
             .collect();
@@ -428,8 +424,7 @@ pub fn recover_layer<O: Oracle + ?Sized>(
                 // hyperplane along its (partially known) normal.
                 let (ei, unit) = targets[rng.random_range(0..targets.len())];
                 if let Some(o) = point_with_active_unit(known, unit, sigma, rng) {
-                    let eye = faer::Mat::<f64>::identity(d0, d0);
-                    let st = known.local(&o, &eye);
+                    let st = known.local_full(&o);
                     let theta = &bank.estimates[ei].theta;
                     let g: Vec<f64> = (0..d0)
                         .map(|c| (0..dim).map(|r| theta[r] * st.dh[(r, c)]).sum())

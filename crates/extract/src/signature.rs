@@ -30,7 +30,8 @@ pub struct Witness {
     pub h: Vec<f64>,
     /// Units of `h` that vary locally (active units; every input for the first layer).
     pub active: Vec<usize>,
-    /// `r × dim(h)` matrix whose rows are `J u_k`.
+    /// `r × dim(h)` matrix whose rows are `J u_k` (partial witnesses; empty for full ones, whose
+    /// row is [`Self::full`]).
     pub a_rows: Mat<f64>,
     /// Measured `y_k ∝ w·(J u_k)`.
     pub y: Vec<f64>,
@@ -55,41 +56,66 @@ pub struct StencilParams {
     pub abs_floor: f64,
 }
 
+/// Stencil directions of a witness.
+enum Dirs {
+    /// Unit input coordinates (the first layer: no `d0 × d0` identity is ever built, which on a
+    /// 3072-input net would be 75 MB per witness).
+    Coords(Vec<usize>),
+    /// Unit columns of a `d0 × r` matrix.
+    Mat(Mat<f64>),
+}
+
+impl Dirs {
+    fn count(&self) -> usize {
+        match self {
+            Dirs::Coords(cs) => cs.len(),
+            Dirs::Mat(m) => m.ncols(),
+        }
+    }
+
+    /// `base ± e·u_k`.
+    fn step(&self, base: &[f64], k: usize, e: f64) -> [Vec<f64>; 2] {
+        let (mut plus, mut minus) = (base.to_vec(), base.to_vec());
+        match self {
+            Dirs::Coords(cs) => {
+                plus[cs[k]] += e;
+                minus[cs[k]] -= e;
+            }
+            Dirs::Mat(m) => {
+                for i in 0..m.nrows() {
+                    plus[i] += e * m[(i, k)];
+                    minus[i] -= e * m[(i, k)];
+                }
+            }
+        }
+        [plus, minus]
+    }
+}
+
 /// Local geometry at a critical point: directions and the rows they map to.
 struct Geometry {
     h: Vec<f64>,
     active: Vec<usize>,
-    dirs: Mat<f64>, // d0 × r, unit columns
+    dirs: Dirs,
+    /// `r × dim(h)` rows `J u_k`; empty for full witnesses, whose row is read off directly.
     a_rows: Mat<f64>,
     full_scale: Option<Vec<f64>>, // |v_k| for full witnesses
 }
 
 fn geometry(known: &KnownPrefix, x: &[f64], coords: Option<&[usize]>) -> Option<Geometry> {
     let d0 = known.input_dim;
-    if known.layers.is_empty()
-        && let Some(cs) = coords
-    {
-        // First layer, probe: the row on a few coordinates only.
-        return Some(Geometry {
-            h: x.to_vec(),
-            active: cs.to_vec(),
-            a_rows: Mat::<f64>::from_fn(cs.len(), d0, |k, j| f64::from(u8::from(cs[k] == j))),
-            dirs: Mat::<f64>::from_fn(d0, cs.len(), |i, k| f64::from(u8::from(cs[k] == i))),
-            full_scale: Some(vec![1.0; cs.len()]),
-        });
-    }
     if known.layers.is_empty() {
-        let dirs = Mat::<f64>::identity(d0, d0);
+        // First layer: the row itself, on a few coordinates (a probe) or on all of them.
+        let cs: Vec<usize> = coords.map_or_else(|| (0..d0).collect(), <[usize]>::to_vec);
         return Some(Geometry {
             h: x.to_vec(),
-            active: (0..d0).collect(),
-            a_rows: Mat::<f64>::identity(d0, d0),
-            dirs,
-            full_scale: Some(vec![1.0; d0]),
+            full_scale: Some(vec![1.0; cs.len()]),
+            active: cs.clone(),
+            a_rows: Mat::<f64>::zeros(0, d0),
+            dirs: Dirs::Coords(cs),
         });
     }
-    let eye = Mat::<f64>::identity(d0, d0);
-    let st = known.local(x, &eye);
+    let st = known.local_full(x);
     let dh = st.dh; // dim(h) × d0
     let active: Vec<usize> = (0..st.h.len()).filter(|&k| st.h[k] > 0.0).collect();
     if active.is_empty() {
@@ -104,20 +130,18 @@ fn geometry(known: &KnownPrefix, x: &[f64], coords: Option<&[usize]>) -> Option<
         let r = active.len();
         let mut dirs = Mat::<f64>::zeros(d0, r);
         let mut scale = vec![0.0; r];
-        let mut a_rows = Mat::<f64>::zeros(r, dim);
         for k in 0..r {
             let nk = (0..d0).map(|i| pinv[(i, k)].powi(2)).sum::<f64>().sqrt();
             scale[k] = nk;
             for i in 0..d0 {
                 dirs[(i, k)] = pinv[(i, k)] / nk;
             }
-            a_rows[(k, active[k])] = 1.0 / nk;
         }
         return Some(Geometry {
             h: st.h,
             active,
-            dirs,
-            a_rows,
+            dirs: Dirs::Mat(dirs),
+            a_rows: Mat::<f64>::zeros(0, dim),
             full_scale: Some(scale),
         });
     }
@@ -142,7 +166,7 @@ fn geometry(known: &KnownPrefix, x: &[f64], coords: Option<&[usize]>) -> Option<
     Some(Geometry {
         h: st.h,
         active,
-        dirs,
+        dirs: Dirs::Mat(dirs),
         a_rows,
         full_scale: None,
     })
@@ -196,11 +220,13 @@ pub fn measure_on<O: Oracle + ?Sized>(
         let xa = line.at(cp.t - s);
         let xb = line.at(cp.t + s);
         let step = s * norm(&line.dir);
-        let m_known = known
-            .margin(&xa, &geo.dirs)
-            .min(known.margin(&xb, &geo.dirs));
+        let m_known = match &geo.dirs {
+            // No known layer to keep still.
+            Dirs::Coords(_) => f64::INFINITY,
+            Dirs::Mat(m) => known.margin(&xa, m).min(known.margin(&xb, m)),
+        };
         let eps0 = p.eps.min(0.5 * m_known).min(step);
-        let r = geo.dirs.ncols();
+        let r = geo.dirs.count();
         let jn = norm(&cp.jump);
         if jn == 0.0 || !eps0.is_finite() || eps0 <= 0.0 {
             jobs.push(None);
@@ -252,22 +278,8 @@ pub fn measure_on<O: Oracle + ?Sized>(
             for &(ji, k) in idx {
                 let j = jobs[ji].as_ref().expect("pending job exists");
                 let e = j.eps[k];
-                let dir: Vec<f64> = (0..j.geo.dirs.nrows())
-                    .map(|i| j.geo.dirs[(i, k)] * e)
-                    .collect();
                 for base in [&j.xa, &j.xb] {
-                    pts.push(
-                        base.iter()
-                            .zip(&dir)
-                            .map(|(a, b)| a + b)
-                            .collect::<Vec<f64>>(),
-                    );
-                    pts.push(
-                        base.iter()
-                            .zip(&dir)
-                            .map(|(a, b)| a - b)
-                            .collect::<Vec<f64>>(),
-                    );
+                    pts.extend(j.geo.dirs.step(base, k, e));
                 }
             }
             let ys = oracle.query_points(&pts)?;

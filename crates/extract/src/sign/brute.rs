@@ -131,7 +131,6 @@ pub fn cross_check<O: Oracle + ?Sized>(
     let d0 = known.input_dim;
     let dout = oracle.output_dim();
     let with_layer = known.extended(layer);
-    let eye = Mat::<f64>::identity(d0, d0);
     // Offline: probe points, their measured directions (orthonormal basis of span R) and steps.
     struct Probe {
         x: Vec<f64>,
@@ -148,7 +147,7 @@ pub fn cross_check<O: Oracle + ?Sized>(
         let x: Vec<f64> = (0..d0)
             .map(|_| sigma * rng.sample::<f64, _>(StandardNormal))
             .collect();
-        let st = with_layer.local(&x, &eye);
+        let st = with_layer.local_full(&x);
         let rows = st.dpre.last().expect("layer").clone(); // w × d0
         let z = st.pre.last().expect("layer").clone();
         let Ok(svd) = rows.transpose().to_owned().thin_svd() else {

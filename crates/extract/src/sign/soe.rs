@@ -135,10 +135,9 @@ type Probe = (Vec<f64>, Mat<f64>, Vec<f64>, Vec<f64>);
 /// inactive earlier units turn on, since control rank is the number of active units.
 fn full_rank_probe(with_layer: &KnownPrefix, mut x: Vec<f64>, climb: bool) -> Option<Probe> {
     let d0 = with_layer.input_dim;
-    let eye = Mat::<f64>::identity(d0, d0);
     let nl = with_layer.layers.len();
     for _ in 0..if climb { 24 } else { 1 } {
-        let st = with_layer.local(&x, &eye);
+        let st = with_layer.local_full(&x);
         let zgrad = st.dpre.last().expect("layer");
         if let Some((pinv, cond)) = right_pinv(zgrad)
             && cond > 1e-8
