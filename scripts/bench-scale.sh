@@ -20,22 +20,22 @@ targets=()
 for arch in 784-16-16-16-16-16-16-16-16-1 3072-256-256-256-256-256-256-256-256-10; do
   want "balanced:$arch" || continue
   "$BIN" model new --arch "$arch" --init balanced --seed 7 --out "$WORK/$arch.safetensors" >/dev/null
-  targets+=("balanced:$arch|$WORK/$arch.safetensors|")
+  targets+=("balanced:$arch|$WORK/$arch.safetensors||--probe-coords 24")
 done
 if want "fmnist:784-128-128-128-10" && { [ -f "$DATA/train-images-idx3-ubyte.gz" ] || [ -f "$DATA/train-images-idx3-ubyte" ]; }; then
   "$BIN" model train --arch 784-128-128-128-10 --dataset fashion-mnist --data-dir "$DATA" --epochs 3 --seed 1 \
     --out "$WORK/fmnist-128.safetensors" >/dev/null 2>&1 &&
-    targets+=("fmnist:784-128-128-128-10|$WORK/fmnist-128.safetensors|--dataset fashion-mnist --data-dir $DATA")
+    targets+=("fmnist:784-128-128-128-10|$WORK/fmnist-128.safetensors|--dataset fashion-mnist --data-dir $DATA|--probe-coords 24")
 fi
 
 printf '| target | queries | wall s | peak RSS MiB | max rel f-f^ bits (1e5 inputs) | max abs f-f^ bits | label agreement (1e5 inputs) | test-set label agreement | low-confidence signs | verified |\n'
 printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n'
 for t in "${targets[@]}"; do
-  IFS='|' read -r name file cmpargs <<<"$t"
+  IFS='|' read -r name file cmpargs xargs <<<"$t"
   tag="${name//[:]/-}"
   out="$WORK/$tag.stolen.safetensors"; rep="$WORK/$tag.report.json"; rm -f "$out" "$rep"
   /usr/bin/time -f '%e %M' -o "$WORK/time" "$BIN" extract --target "$file" --out "$out" --report "$rep" \
-    --seed "$SEED" --max-queries "$MAX_QUERIES" >"$WORK/$tag.log" 2>&1
+    --seed "$SEED" --max-queries "$MAX_QUERIES" $xargs --log info >"$WORK/$tag.log" 2>&1
   status=$?
   read -r wall rss < <(tail -n 1 "$WORK/time") || { wall=NA; rss=0; }
   q=NA; low=NA
@@ -53,14 +53,14 @@ import json,sys;r=json.load(sys.stdin);d=r.get('dataset')
 print('%.1f'%r['output_rel_bits'], '%.1f'%r['output_bits'], '%.4f'%r['label_agreement'],
       '%.4f'%d['test']['label_agreement'] if d else '-')")
   fi
-  ok=$([ $status -eq 0 ] && echo yes || echo "no: $(tail -1 "$WORK/$tag.log" | cut -c1-60)")
+  ok=$([ $status -eq 0 ] && echo yes || echo "no (exit $status): $(sed 's/\x1b\[[0-9;]*m//g' "$WORK/$tag.log" | tr '\r' '\n' | grep -v ' INFO \| WARN \| DEBUG \|^\s*$' | tail -1 | cut -c1-60)")
   printf '| %s | %s | %s | %d | %s | %s | %s | %s | %s | %s |\n' "$name" "$q" "$wall" $((rss / 1024)) "$rb" "$ob" "$la" "$ta" "$low" "$ok"
 done
 
 echo
 echo "Per-layer costs (queries by stage, seconds):"
 for t in "${targets[@]}"; do
-  IFS='|' read -r name file cmpargs <<<"$t"
+  IFS='|' read -r name file cmpargs xargs <<<"$t"
   rep="$WORK/${name//[:]/-}.report.json"
   [ -f "$rep" ] || continue
   echo "$name"

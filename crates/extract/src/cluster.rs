@@ -522,7 +522,10 @@ mod tests {
         let b = 0.3;
         let mut e = NeuronEstimate::new(dim, 10.0);
         for _ in 0..k {
-            let f: Vec<f64> = w.iter().map(|v| v + 1e-12 * rng.random_range(-1.0..1.0)).collect();
+            let f: Vec<f64> = w
+                .iter()
+                .map(|v| v + 1e-12 * rng.random_range(-1.0..1.0))
+                .collect();
             e.fulls.push(((0..dim).collect(), unit(f).unwrap()));
         }
         e.known = vec![true; dim];
@@ -540,7 +543,10 @@ mod tests {
 
     fn same_up_to_sign(a: &[f64], b: &[f64]) -> f64 {
         let s = if dot(a, b) >= 0.0 { 1.0 } else { -1.0 };
-        a.iter().zip(b).map(|(x, y)| (x - s * y).abs()).fold(0.0, f64::max)
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - s * y).abs())
+            .fold(0.0, f64::max)
     }
 
     #[test]
@@ -557,7 +563,12 @@ mod tests {
             // The dense path normalises each projector row to unit length, which reweights the Gram
             // matrix by 1 + O(max f_a²): the ratios agree to well under a percent, not to rounding.
             let close = |a: f64, b: f64| (a - b).abs() <= 0.01 * b;
-            assert!(close(span.residual, dense.residual), "{} {}", span.residual, dense.residual);
+            assert!(
+                close(span.residual, dense.residual),
+                "{} {}",
+                span.residual,
+                dense.residual
+            );
             assert!(close(span.gap, dense.gap), "{} {}", span.gap, dense.gap);
         }
     }

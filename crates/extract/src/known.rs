@@ -77,7 +77,9 @@ impl KnownPrefix {
     /// `dirs = None` means the identity (derivatives along every input coordinate).
     fn local_from(&self, x: &[f64], dirs: Option<&Mat<f64>>, upto: usize) -> LocalState {
         let mut h = x.to_vec();
-        let mut dh = dirs.cloned().unwrap_or_else(|| Mat::zeros(self.input_dim, 0));
+        let mut dh = dirs
+            .cloned()
+            .unwrap_or_else(|| Mat::zeros(self.input_dim, 0));
         let mut identity = dirs.is_none();
         let mut pre_all = Vec::with_capacity(upto);
         let mut dpre_all = Vec::with_capacity(upto);

@@ -222,6 +222,12 @@ fn attach_or_measure<O: Oracle + ?Sized>(
     Ok(())
 }
 
+/// Cap on hyperplane-following lines per witness round. Every line (and its critical points) is kept
+/// for the rest of the layer; on the 8th layer of a balanced 784-16×8-1 thousands of promising but
+/// incomplete estimates asked for 4 lines each per round and the run grew past 23 GiB. Small nets
+/// never reach the cap.
+const MAX_FOLLOW_LINES_PER_ROUND: usize = 256;
+
 /// Identity of an estimate for bookkeeping: the bits of its first anchor point.
 fn est_key(e: &NeuronEstimate) -> Vec<u64> {
     e.anchors
@@ -471,6 +477,9 @@ pub fn recover_layer<O: Oracle + ?Sized>(
                     && independent_lines(e, &following) >= p.min_witnesses
             }) {
                 let missing: Vec<usize> = (0..dim).filter(|&k| !e.known[k] && alive[k]).collect();
+                if follow_lines.len() >= MAX_FOLLOW_LINES_PER_ROUND {
+                    break;
+                }
                 for &k in missing.iter().take(4) {
                     let anchor = &e.anchors[rng.random_range(0..e.anchors.len())];
                     if let Some((line, r)) = follow_to_unit(known, &e.theta, anchor, k) {

@@ -107,12 +107,13 @@ pub struct ExtractParams {
     pub stencil_tries: usize,
     /// First-layer screening (off by default): unattached critical points are first probed on this
     /// many random input coordinates (4·k + 2 queries) and measured in full (4·d0 + 2) only once two
-    /// probes agree, i.e. once the point is known to be a first-layer neuron and not a deeper kink.
-    /// Measured on a balanced 784-64-64-10 (seed 7, attack seed 1): k = 24 cuts the queries from
-    /// 3.06 M to 0.60 M and the time from 364 s to 199 s, but layer-1 neurons then rest on one full
-    /// witness and the worst parameter falls from 2^-30.4 to 2^-26.1 (functional error 2^-28 relative,
-    /// labels 100 %). Default 0 keeps the 2^-30 precision target; use 24 when queries cost more than
-    /// precision. Used only when d0 ≥ 4k; 1 is invalid (one coordinate says nothing about direction).
+    /// probes on different lines agree, i.e. once the point is known to be a first-layer neuron and
+    /// not a deeper kink; both partners are then measured in full. It pays off on deep nets, where
+    /// most kinks on a line belong to deeper layers: on a balanced 784-16×8-1 (seed 7, attack seed 1)
+    /// k = 24 cuts layer 1 from 8.67 M queries and ~200 s to 0.63 M and 14 s. On a shallow net it does
+    /// not (reference 784-32-1: 263 k instead of 188 k queries, output error 2^-27.7 instead of
+    /// 2^-31.0 absolute), hence off by default. Used only when d0 ≥ 4k; 1 is invalid (one coordinate
+    /// says nothing about direction).
     pub probe_coords: usize,
     /// Extra critical points per neuron placed offline (predicted from the current estimate, confirmed
     /// by a few queries) to refine precision. Default 8.
@@ -172,6 +173,13 @@ pub struct ExtractParams {
     /// reference 10-15-15-1 verifies only with it).
     #[serde(default)]
     pub brute_check: bool,
+    /// Isolated-wiggle probes per neuron and pass for expansive layers ([`crate::sign::wiggle::isolate`]),
+    /// 0 = off. Default 4: after the plain wiggle, each neuron is wiggled where the control rank lets
+    /// every other *active* unit of the layer stay exactly still, so the output moves on the active
+    /// side only — a clean vote is proof, not a majority. Costs `2·3·k·w` queries per layer; on a
+    /// balanced 784-16×8-1 the plain wiggle got 1–4 signs per 16-wide layer wrong without it.
+    #[serde(default)]
+    pub isolated_wiggles: usize,
     /// Query budget (None: unlimited).
     pub max_queries: Option<u64>,
     /// Worker threads (None: rayon default = all cores).
@@ -262,6 +270,7 @@ impl Default for ExtractParamsBuilder {
                 verify_rel_tol: defaults::verify_rel_tol(),
                 noise_floor: 0.0,
                 brute_check: true,
+                isolated_wiggles: 4,
                 max_queries: None,
                 threads: None,
             },
@@ -308,6 +317,7 @@ impl ExtractParamsBuilder {
     setter!(noise_rel, f64);
     setter!(noise_floor, f64);
     setter!(brute_check, bool);
+    setter!(isolated_wiggles, usize);
     setter!(verify_rel_tol, f64);
     setter!(max_queries, Option<u64>);
     setter!(threads, Option<usize>);

@@ -255,6 +255,25 @@ fn sign_layer<O: Oracle + ?Sized>(
         wig.queries += s.queries;
         wig.method = "soe-exact + neuron-wiggle";
     }
+    if p.isolated_wiggles > 0 {
+        let changed = wiggle::isolate(
+            oracle,
+            known,
+            layer,
+            &mut wig,
+            p.isolated_wiggles,
+            p.origin_scale,
+            rng,
+        )?;
+        if !changed.is_empty() {
+            tracing::info!(neurons = ?changed, "isolated wiggles corrected signs");
+        }
+        wig.method = if wig.method == "neuron-wiggle" {
+            "neuron-wiggle + isolated wiggle"
+        } else {
+            "soe-exact + neuron-wiggle + isolated wiggle"
+        };
+    }
     Ok(wig)
 }
 

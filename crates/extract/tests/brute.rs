@@ -67,8 +67,8 @@ fn a_flipped_sign_is_caught() {
     assert!(c.disagree.is_empty(), "{c:?}");
 }
 
-/// The reference 10-15-15-1 (CRYPTO 2020 recipe): the wiggle alone gets two layer-1 signs wrong and
-/// verification fails; the brute-force check corrects them and the extraction verifies.
+/// The reference 10-15-15-1 (CRYPTO 2020 recipe): the plain wiggle alone gets two layer-1 signs wrong
+/// and verification fails; either the isolated wiggle or the brute-force check corrects them.
 #[test]
 fn corrects_the_wiggle_on_the_reference_expansive_net() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -80,21 +80,38 @@ fn corrects_the_wiggle_on_the_reference_expansive_net() {
     let net = netxray_relu::format::load_network(&path).unwrap();
     let arch = net.arch();
     let oracle = NetworkOracle::new(net);
-    let p = ExtractParams::builder().seed(1).build().unwrap();
-    let ex = extract(&oracle, &arch, &p, |_| {}).expect("verifies with the brute-force check");
+    let params = |isolated: usize, brute: bool| {
+        ExtractParams::builder()
+            .seed(1)
+            .isolated_wiggles(isolated)
+            .brute_check(brute)
+            .build()
+            .unwrap()
+    };
+    // Brute force alone corrects the plain wiggle.
+    let ex = extract(&oracle, &arch, &params(0, true), |_| {}).expect("verifies with brute force");
     let l1 = &ex.report.layers[0];
     let c = l1.brute_check.as_ref().unwrap();
     assert!(c.adopted && !c.disagree.is_empty(), "{c:?}");
     assert!(l1.sign_method.contains("corrected by brute force"));
     assert!(ex.report.verify_rel_error < 1e-9);
-    // Without it the same run is refused, never silently wrong.
-    let off = ExtractParams::builder()
-        .seed(1)
-        .brute_check(false)
-        .build()
-        .unwrap();
+    // The isolated wiggle alone gets them right too (clean votes, no 2^w search).
+    let ex = extract(&oracle, &arch, &params(4, false), |_| {}).expect("verifies with isolation");
+    assert!(ex.report.layers[0].sign_method.contains("isolated wiggle"));
+    assert!(ex.report.verify_rel_error < 1e-9);
+    // Default (both): the brute-force check agrees with the isolated wiggle.
+    let ex = extract(&oracle, &arch, &params(4, true), |_| {}).expect("verifies by default");
+    assert!(
+        ex.report.layers[0]
+            .brute_check
+            .as_ref()
+            .unwrap()
+            .disagree
+            .is_empty()
+    );
+    // Without either the same run is refused, never silently wrong.
     assert!(matches!(
-        extract(&oracle, &arch, &off, |_| {}),
+        extract(&oracle, &arch, &params(0, false), |_| {}),
         Err(netxray_extract::ExtractError::VerificationFailed { .. })
     ));
 }

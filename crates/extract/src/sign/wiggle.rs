@@ -24,8 +24,13 @@ struct Probe {
     delta: Vec<f64>,
 }
 
-/// Places one wiggle probe for neuron `k`, or `None` when the line does not give a clean point.
-fn place(with_layer: &KnownPrefix, k: usize, rng: &mut ChaCha20Rng, sigma: f64) -> Option<Probe> {
+/// A point on neuron `k`'s hyperplane where a random line crosses it (offline), or `None`.
+fn point_on_hyperplane(
+    with_layer: &KnownPrefix,
+    k: usize,
+    rng: &mut ChaCha20Rng,
+    sigma: f64,
+) -> Option<Vec<f64>> {
     let d0 = with_layer.input_dim;
     let half = 10.0 * sigma * (d0 as f64).sqrt();
     let line = random_line(rng, d0, sigma);
@@ -36,20 +41,25 @@ fn place(with_layer: &KnownPrefix, k: usize, rng: &mut ChaCha20Rng, sigma: f64) 
     let mut bps = vec![-half];
     bps.extend(prefix.kinks_on_line(&line.origin, &line.dir, -half, half));
     bps.push(half);
-    let empty = Mat::<f64>::zeros(d0, 0);
+    let depth = with_layer.layers.len();
     let zk: Vec<f64> = bps
         .iter()
         .map(|&t| {
             with_layer
-                .local(&line.at(t), &empty)
-                .pre
+                .pre_activations(&line.at(t), depth)
                 .last()
                 .and_then(|z| z.get(k).copied())
         })
         .collect::<Option<Vec<f64>>>()?;
     let j = (0..bps.len() - 1).find(|&j| (zk[j] > 0.0) != (zk[j + 1] > 0.0))?;
     let t = bps[j] + (bps[j + 1] - bps[j]) * zk[j] / (zk[j] - zk[j + 1]);
-    let x = line.at(t);
+    Some(line.at(t))
+}
+
+/// Places one wiggle probe for neuron `k`, or `None` when the line does not give a clean point.
+fn place(with_layer: &KnownPrefix, k: usize, rng: &mut ChaCha20Rng, sigma: f64) -> Option<Probe> {
+    let d0 = with_layer.input_dim;
+    let x = point_on_hyperplane(with_layer, k, rng, sigma)?;
     let st = with_layer.local_full(&x);
     let z = st.dpre.last()?; // width × d0
     let w = z.nrows();
@@ -70,8 +80,14 @@ fn place(with_layer: &KnownPrefix, k: usize, rng: &mut ChaCha20Rng, sigma: f64) 
         let g: f64 = (0..d0).map(|c| z[(others[i], c)] * z[(others[j], c)]).sum();
         if i == j { g + lambda } else { g }
     });
-    let rhs = Mat::<f64>::from_fn(n, 1, |i, _| (0..d0).map(|c| z[(others[i], c)] * zk_row[c]).sum());
-    let u = if n > 0 { lstsq(&gram, &rhs) } else { Mat::<f64>::zeros(0, 1) };
+    let rhs = Mat::<f64>::from_fn(n, 1, |i, _| {
+        (0..d0).map(|c| z[(others[i], c)] * zk_row[c]).sum()
+    });
+    let u = if n > 0 {
+        lstsq(&gram, &rhs)
+    } else {
+        Mat::<f64>::zeros(0, 1)
+    };
     let mut delta: Vec<f64> = (0..d0)
         .map(|c| zk_row[c] - (0..n).map(|i| z[(others[i], c)] * u[(i, 0)]).sum::<f64>())
         .collect();
@@ -217,4 +233,151 @@ pub fn recover<O: Oracle + ?Sized>(
         confidence: counts.iter().map(|&c| conf_of(c)).collect(),
         queries: oracle.queries() - q0,
     })
+}
+
+/// Largest step along `delta` (a multiple of 1) before any known unit, or any unit of the last
+/// layer other than `k`, changes sign: first order, exact within the current linear region.
+fn max_step(st: &crate::known::LocalState, k: usize, delta: &[f64]) -> f64 {
+    let mut tmax = f64::INFINITY;
+    for (l, (pre, dpre)) in st.pre.iter().zip(&st.dpre).enumerate() {
+        let last = l + 1 == st.pre.len();
+        for u in 0..pre.len() {
+            if last && u == k {
+                continue;
+            }
+            let g: f64 = (0..delta.len()).map(|c| dpre[(u, c)] * delta[c]).sum();
+            if g != 0.0 {
+                tmax = tmax.min(pre[u].abs() / g.abs());
+            }
+        }
+    }
+    tmax
+}
+
+/// An *isolated* wiggle for neuron `k`: at a point of its hyperplane, a direction that moves `ẑ_k`
+/// by one unit and keeps every other unit of the layer that is active there (under the current
+/// `signs`) exactly still — inactive ones may move, they contribute nothing. `None` unless the
+/// control rank allows exact isolation at the point found.
+fn place_isolated(
+    with_layer: &KnownPrefix,
+    k: usize,
+    signs: &[f64],
+    rng: &mut ChaCha20Rng,
+    sigma: f64,
+) -> Option<Probe> {
+    let d0 = with_layer.input_dim;
+    let x = point_on_hyperplane(with_layer, k, rng, sigma)?;
+    let st = with_layer.local_full(&x);
+    let z = st.dpre.last()?;
+    let pre = st.pre.last()?;
+    let mut rows = vec![k];
+    rows.extend((0..z.nrows()).filter(|&j| j != k && signs[j] * pre[j] > 0.0));
+    if rows.len() > d0 {
+        return None;
+    }
+    // Minimum-norm δ with C δ = e₁, C = [z_k; Z_active]: δ = Cᵀ (C Cᵀ)⁻¹ e₁.
+    let n = rows.len();
+    let gram = Mat::<f64>::from_fn(n, n, |i, j| {
+        (0..d0).map(|c| z[(rows[i], c)] * z[(rows[j], c)]).sum()
+    });
+    let e1 = Mat::<f64>::from_fn(n, 1, |i, _| f64::from(u8::from(i == 0)));
+    let u = lstsq(&gram, &e1);
+    let mut delta: Vec<f64> = (0..d0)
+        .map(|c| (0..n).map(|i| z[(rows[i], c)] * u[(i, 0)]).sum())
+        .collect();
+    // Exact isolation only: the active others must not move beyond rounding.
+    let moved = |r: usize| -> f64 { (0..d0).map(|c| z[(r, c)] * delta[c]).sum() };
+    if (moved(k) - 1.0).abs() > ISOLATION_TOL
+        || rows[1..].iter().any(|&r| moved(r).abs() > ISOLATION_TOL)
+    {
+        return None;
+    }
+    let t =
+        (0.25 * max_step(&st, k, &delta)).min(0.1 * sigma / norm(&delta).max(f64::MIN_POSITIVE));
+    if !(t.is_finite() && t > 0.0) {
+        return None;
+    }
+    delta.iter_mut().for_each(|v| *v *= t);
+    Some(Probe {
+        neuron: k,
+        x,
+        delta,
+    })
+}
+
+/// How still the active others must stay (relative to the unit move of `ẑ_k`) for a wiggle to count
+/// as isolated: rounding of a small Gram solve, far below any real interference.
+const ISOLATION_TOL: f64 = 1e-9;
+
+/// A vote is *clean* when the output moves on one side only: the other side's change is below this
+/// fraction of the active side's. With exact isolation the inactive side's change is rounding
+/// (~1e-13 relative); a wrongly assumed-inactive neighbour or a deeper unit flipping moves both sides.
+const CLEAN_RATIO: f64 = 1e-6;
+
+/// Isolated wiggles for every neuron of `layer`, starting from `outcome`'s signs: a clean vote (the
+/// output moves on one side only) proves the active side. A neuron whose clean votes all agree (at
+/// least two) gets that sign with confidence `1 − 2^−(votes+2)`; one whose clean votes disagree is set
+/// to confidence 0 (reported low). Two passes, so that the second uses the signs the first fixed.
+/// Returns the neurons whose sign changed.
+#[allow(clippy::too_many_arguments)]
+pub fn isolate<O: Oracle + ?Sized>(
+    oracle: &CountingOracle<'_, O>,
+    known: &KnownPrefix,
+    layer: &Layer,
+    outcome: &mut SignOutcome,
+    probes_per_neuron: usize,
+    sigma: f64,
+    rng: &mut ChaCha20Rng,
+) -> Result<Vec<usize>, ExtractError> {
+    let w = layer.fan_out();
+    let q0 = oracle.queries();
+    let with_layer = known.extended(layer);
+    let before = outcome.signs.clone();
+    for _pass in 0..2 {
+        let mut probes = Vec::new();
+        for k in 0..w {
+            let mut got = 0;
+            for _ in 0..probes_per_neuron * 16 {
+                if got == probes_per_neuron {
+                    break;
+                }
+                if let Some(p) = place_isolated(&with_layer, k, &outcome.signs, rng, sigma) {
+                    probes.push(p);
+                    got += 1;
+                }
+            }
+        }
+        let mut pts = Vec::with_capacity(probes.len() * 3);
+        for p in &probes {
+            pts.push(p.x.clone());
+            pts.push(p.x.iter().zip(&p.delta).map(|(a, b)| a + b).collect());
+            pts.push(p.x.iter().zip(&p.delta).map(|(a, b)| a - b).collect());
+        }
+        let ys = oracle.query_points(&pts)?;
+        let mut clean = vec![(0usize, 0usize); w];
+        for (i, p) in probes.iter().enumerate() {
+            let (f0, fp, fm) = (&ys[3 * i], &ys[3 * i + 1], &ys[3 * i + 2]);
+            let dp: Vec<f64> = fp.iter().zip(f0).map(|(a, b)| a - b).collect();
+            let dm: Vec<f64> = fm.iter().zip(f0).map(|(a, b)| a - b).collect();
+            let (np, nm) = (norm(&dp), norm(&dm));
+            let (big, small) = (np.max(nm), np.min(nm));
+            if big > 0.0 && small <= CLEAN_RATIO * big {
+                if np > nm {
+                    clean[p.neuron].0 += 1;
+                } else {
+                    clean[p.neuron].1 += 1;
+                }
+            }
+        }
+        for (k, &(plus, minus)) in clean.iter().enumerate() {
+            if plus > 0 && minus > 0 {
+                outcome.confidence[k] = 0.0;
+            } else if plus + minus >= 2 {
+                outcome.signs[k] = if plus > 0 { 1.0 } else { -1.0 };
+                outcome.confidence[k] = 1.0 - 0.5f64.powi((plus + minus) as i32 + 2);
+            }
+        }
+    }
+    outcome.queries += oracle.queries() - q0;
+    Ok((0..w).filter(|&k| outcome.signs[k] != before[k]).collect())
 }
