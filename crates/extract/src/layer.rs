@@ -223,9 +223,9 @@ fn attach_or_measure<O: Oracle + ?Sized>(
 }
 
 /// Cap on hyperplane-following lines per witness round. Every line (and its critical points) is kept
-/// for the rest of the layer; on the 8th layer of a balanced 784-16×8-1 thousands of promising but
-/// incomplete estimates asked for 4 lines each per round and the run grew past 23 GiB. Small nets
-/// never reach the cap.
+/// for the rest of the layer, and with thousands of promising but incomplete estimates asking for 4
+/// lines each the work per round has no bound. Small nets never reach the cap. (It does not stop the
+/// memory growth seen on the 8th layer of a balanced 784-16×8-1: that has another cause, still open.)
 const MAX_FOLLOW_LINES_PER_ROUND: usize = 256;
 
 /// Identity of an estimate for bookkeeping: the bits of its first anchor point.
