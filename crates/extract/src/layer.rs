@@ -451,6 +451,12 @@ pub fn recover_layer<O: Oracle + ?Sized>(
         let cps = find_critical_points(oracle, &lines, &segments, search_tol)?;
         out.search_queries += oracle.queries() - q0;
         out.critical_points += cps.len();
+        tracing::debug!(
+            segments = segments.len(),
+            critical_points = cps.len(),
+            queries = oracle.queries() - q0,
+            "line search"
+        );
         // Line by line: attach for free where possible, measure the rest.
         for l in first..lines.len() {
             let mine: Vec<CriticalPoint> = cps.iter().filter(|c| c.line == l).cloned().collect();
@@ -508,7 +514,12 @@ pub fn recover_layer<O: Oracle + ?Sized>(
                     &mut out,
                     pool.as_mut(),
                 )?;
-                tracing::debug!(following = lines.len() - base, "hyperplane following");
+                tracing::debug!(
+                    following = lines.len() - base,
+                    segments = segs.len(),
+                    queries = oracle.queries() - q0,
+                    "hyperplane following"
+                );
             }
         }
         bank.merge_pass(&tol);

@@ -74,6 +74,12 @@ impl Oracle for NetworkOracle {
 /// long extractions never hoard queries.
 pub const DEFAULT_LOG_CAPACITY: usize = 4096;
 
+/// Largest batch sent to the target in one call, in bytes of input rows (~5,300 rows of 784 inputs,
+/// ~1,360 of 3072): large enough that the target's GEMM runs at full speed and per-call overheads vanish, small
+/// enough that a caller with 10^5 points in flight stays bounded (layer 8 of a 784-16×8-1 net held
+/// one bisection level of ~10^5 points at once, gigabytes, and the process reached 24 GiB).
+pub const MAX_BATCH_BYTES: usize = 32 << 20;
+
 /// Wraps any oracle: validates queries and answers, counts rows, enforces an optional budget, attributes
 /// queries to the current stage, and keeps a bounded log of recent pairs.
 pub struct CountingOracle<'a, O: Oracle + ?Sized> {
@@ -184,23 +190,43 @@ impl<'a, O: Oracle + ?Sized> CountingOracle<'a, O> {
 
     /// Queries a list of points given as vectors.
     pub fn query_points(&self, pts: &[Vec<f64>]) -> Result<Vec<Vec<f64>>, OracleError> {
-        if pts.is_empty() {
-            return Ok(Vec::new());
-        }
         let d = self.input_dim();
-        for p in pts {
-            if p.len() != d {
-                return Err(OracleError::BadShape {
-                    got: p.len(),
-                    expected: d,
-                });
-            }
+        if let Some(p) = pts.iter().find(|p| p.len() != d) {
+            return Err(OracleError::BadShape {
+                got: p.len(),
+                expected: d,
+            });
         }
-        let m = Mat::<f64>::from_fn(pts.len(), d, |i, j| pts[i][j]);
-        let y = self.query(m.as_ref())?;
-        Ok((0..y.nrows())
-            .map(|i| (0..y.ncols()).map(|j| y[(i, j)]).collect())
-            .collect())
+        self.query_generated(pts.len(), |i, row| row.copy_from_slice(&pts[i]))
+    }
+
+    /// Queries `n` points that `fill(i, row)` writes on demand, in batches of at most
+    /// [`MAX_BATCH_BYTES`] of inputs, so that a caller with 10^5 points (one bisection level over every
+    /// segment of a deep layer's lines) never holds them all at once. Answers in order, one row each.
+    pub fn query_generated(
+        &self,
+        n: usize,
+        mut fill: impl FnMut(usize, &mut [f64]),
+    ) -> Result<Vec<Vec<f64>>, OracleError> {
+        let d = self.input_dim();
+        let chunk = (MAX_BATCH_BYTES / (8 * d.max(1))).max(1);
+        let mut out = Vec::with_capacity(n);
+        let mut row = vec![0.0; d];
+        let mut start = 0;
+        while start < n {
+            let rows = chunk.min(n - start);
+            let mut m = Mat::<f64>::zeros(rows, d);
+            for i in 0..rows {
+                fill(start + i, &mut row);
+                for (j, v) in row.iter().enumerate() {
+                    m[(i, j)] = *v;
+                }
+            }
+            let y = self.query(m.as_ref())?;
+            out.extend((0..y.nrows()).map(|i| (0..y.ncols()).map(|j| y[(i, j)]).collect()));
+            start += rows;
+        }
+        Ok(out)
     }
 }
 
@@ -208,6 +234,39 @@ impl<'a, O: Oracle + ?Sized> CountingOracle<'a, O> {
 mod tests {
     use super::*;
     use netxray_relu::{Arch, InitRecipe};
+
+    #[test]
+    fn generated_batches_are_split_but_answer_every_row_in_order() {
+        // 4096 inputs: a batch of MAX_BATCH_BYTES holds 1024 rows, so 2500 rows take three calls.
+        let d = 4096;
+        let net = Network::random(
+            &format!("{d}-3-2").parse::<Arch>().unwrap(),
+            InitRecipe::He,
+            2,
+        );
+        let o = NetworkOracle::new(net);
+        let c = CountingOracle::new(&o, None);
+        let n = 2500;
+        assert!(n > MAX_BATCH_BYTES / (8 * d));
+        let pts: Vec<Vec<f64>> = (0..n)
+            .map(|i| {
+                (0..d)
+                    .map(|j| ((i * 31 + j * 7) % 13) as f64 - 6.0)
+                    .collect()
+            })
+            .collect();
+        let chunked = c
+            .query_generated(n, |i, row| row.copy_from_slice(&pts[i]))
+            .unwrap();
+        assert_eq!(c.queries(), n as u64);
+        let whole = o
+            .query_batch(Mat::<f64>::from_fn(n, d, |i, j| pts[i][j]).as_ref())
+            .unwrap();
+        assert_eq!(chunked.len(), n);
+        for (i, y) in chunked.iter().enumerate() {
+            assert_eq!(y, &vec![whole[(i, 0)], whole[(i, 1)]]);
+        }
+    }
 
     #[test]
     fn counts_and_enforces_budget() {

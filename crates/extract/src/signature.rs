@@ -16,8 +16,8 @@ use crate::linalg::{norm, right_pinv};
 use crate::oracle::{CountingOracle, Oracle};
 use faer::Mat;
 
-/// Largest number of f64 values in one batch of stencil points (16 MiB).
-const MAX_BATCH_VALUES: usize = 1 << 21;
+/// Largest number of f64 values in one batch of stencil points (the oracle's batch limit).
+const MAX_BATCH_VALUES: usize = crate::oracle::MAX_BATCH_BYTES / 8;
 
 /// One measured witness of some neuron of the current layer.
 #[derive(Debug, Clone)]

@@ -122,6 +122,30 @@ fn place(with_layer: &KnownPrefix, k: usize, rng: &mut ChaCha20Rng, sigma: f64) 
     })
 }
 
+/// Queries every probe at `x`, `x + δ` and `x − δ` in one batch and returns, per probe, the sizes of
+/// the two output changes `(‖f(x+δ) − f(x)‖, ‖f(x−δ) − f(x)‖)`: the wiggle's raw evidence.
+fn side_changes<O: Oracle + ?Sized>(
+    oracle: &CountingOracle<'_, O>,
+    probes: &[Probe],
+) -> Result<Vec<(f64, f64)>, ExtractError> {
+    let ys = oracle.query_generated(probes.len() * 3, |i, row| {
+        let p = &probes[i / 3];
+        // x + 0·δ and x + (−1)·δ are exactly x and x − δ.
+        let s = [0.0, 1.0, -1.0][i % 3];
+        for ((r, x), d) in row.iter_mut().zip(&p.x).zip(&p.delta) {
+            *r = x + s * d;
+        }
+    })?;
+    Ok(ys
+        .chunks_exact(3)
+        .map(|f| {
+            let change =
+                |g: &[f64]| norm(&g.iter().zip(&f[0]).map(|(a, b)| a - b).collect::<Vec<_>>());
+            (change(&f[1]), change(&f[2]))
+        })
+        .collect())
+}
+
 /// Votes with `samples` probes for each neuron in `neurons`; returns (plus, minus) counts per neuron.
 fn vote<O: Oracle + ?Sized>(
     oracle: &CountingOracle<'_, O>,
@@ -146,18 +170,7 @@ fn vote<O: Oracle + ?Sized>(
             }
         }
     }
-    let mut pts = Vec::with_capacity(probes.len() * 3);
-    for p in &probes {
-        pts.push(p.x.clone());
-        pts.push(p.x.iter().zip(&p.delta).map(|(a, b)| a + b).collect());
-        pts.push(p.x.iter().zip(&p.delta).map(|(a, b)| a - b).collect());
-    }
-    let ys = oracle.query_points(&pts)?;
-    for (i, p) in probes.iter().enumerate() {
-        let (f0, fp, fm) = (&ys[3 * i], &ys[3 * i + 1], &ys[3 * i + 2]);
-        let dp: Vec<f64> = fp.iter().zip(f0).map(|(a, b)| a - b).collect();
-        let dm: Vec<f64> = fm.iter().zip(f0).map(|(a, b)| a - b).collect();
-        let (np, nm) = (norm(&dp), norm(&dm));
+    for (p, (np, nm)) in probes.iter().zip(side_changes(oracle, &probes)?) {
         // A tie carries no information (both sides blocked downstream); within the answers' noise
         // counts as a tie.
         if (np - nm).abs() <= 1e-12_f64.max(noise_rel) * np.max(nm) {
@@ -347,19 +360,8 @@ pub fn isolate<O: Oracle + ?Sized>(
                 }
             }
         }
-        let mut pts = Vec::with_capacity(probes.len() * 3);
-        for p in &probes {
-            pts.push(p.x.clone());
-            pts.push(p.x.iter().zip(&p.delta).map(|(a, b)| a + b).collect());
-            pts.push(p.x.iter().zip(&p.delta).map(|(a, b)| a - b).collect());
-        }
-        let ys = oracle.query_points(&pts)?;
         let mut clean = vec![(0usize, 0usize); w];
-        for (i, p) in probes.iter().enumerate() {
-            let (f0, fp, fm) = (&ys[3 * i], &ys[3 * i + 1], &ys[3 * i + 2]);
-            let dp: Vec<f64> = fp.iter().zip(f0).map(|(a, b)| a - b).collect();
-            let dm: Vec<f64> = fm.iter().zip(f0).map(|(a, b)| a - b).collect();
-            let (np, nm) = (norm(&dp), norm(&dm));
+        for (p, (np, nm)) in probes.iter().zip(side_changes(oracle, &probes)?) {
             let (big, small) = (np.max(nm), np.min(nm));
             if big > 0.0 && small <= CLEAN_RATIO * big {
                 if np > nm {
