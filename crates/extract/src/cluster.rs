@@ -376,7 +376,7 @@ impl NeuronEstimate {
         let y = &w.y;
         let (aa, ay, yy) = (dot(&a, &a), dot(&a, y), dot(y, y));
         let det = aa * yy - ay * ay;
-        if !(det > EXTENSION_COLLINEAR * aa * yy) {
+        if det.is_nan() || det <= EXTENSION_COLLINEAR * aa * yy {
             return false;
         }
         let (ac, yc) = (dot(&a, &c), dot(y, &c));

@@ -460,6 +460,30 @@ pub fn extract_resumable<O: Oracle + ?Sized>(
         } else {
             None
         };
+        if let Some(c) = &brute_check
+            && !c.disagree.is_empty()
+            && !c.decisive()
+        {
+            // A disagreement without a verdict: a neuron that matters at few probe points separates
+            // the patterns only weakly. Four times the points (fresh ones) give it more chances.
+            let (queries, first) = (c.queries, c.clone());
+            let again = brute::cross_check(
+                &co,
+                &known,
+                &live,
+                &signs.signs,
+                4 * (2 * found + 8),
+                p.origin_scale,
+                p.linearity_rel_tol,
+                p.noise_floor,
+                &mut rng,
+            )
+            .map_err(|e| at_layer(e, layer_no, &known))?;
+            brute_check = Some(again.map_or(first, |mut a| {
+                a.queries += queries;
+                a
+            }));
+        }
         let mut brute_flagged = Vec::new();
         if let Some(c) = &brute_check
             && c.decisive()
@@ -489,8 +513,21 @@ pub fn extract_resumable<O: Oracle + ?Sized>(
                 };
                 c.adopted = true;
             } else {
-                tracing::warn!(layer = layer_no, neurons = ?c.disagree, "brute-force sign check disagrees; flagged as low confidence");
-                brute_flagged = c.disagree.clone();
+                // Settle the neurons whose sign alone is established; flag the rest.
+                let (settled, open): (Vec<usize>, Vec<usize>) =
+                    c.disagree.iter().partition(|&&k| c.decisive_for(k));
+                if !settled.is_empty() {
+                    tracing::warn!(layer = layer_no, neurons = ?settled, "brute-force sign check is decisive for some disagreeing neurons; their signs are adopted");
+                    for &k in &settled {
+                        signs.signs[k] = c.best_signs[k];
+                        signs.confidence[k] = 1.0;
+                    }
+                    c.adopted = true;
+                }
+                if !open.is_empty() {
+                    tracing::warn!(layer = layer_no, neurons = ?open, "brute-force sign check disagrees; flagged as low confidence");
+                }
+                brute_flagged = open;
             }
         }
         let mut lowc = signs.low_confidence(p.sign_confidence_min);

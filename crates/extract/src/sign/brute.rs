@@ -52,7 +52,12 @@ pub struct BruteCheck {
     pub second_score: f64,
     /// Signs of the best pattern (+1 keeps a recovered row, −1 flips it).
     pub best_signs: Vec<f64>,
-    /// The best pattern was adopted in place of the chosen one (see [`BruteCheck::decisive`]).
+    /// Per neuron: the best score among patterns that give it the other sign than the best pattern
+    /// does — how clearly this one neuron's sign is established (see [`BruteCheck::decisive_for`]).
+    #[serde(default)]
+    pub against: Vec<f64>,
+    /// The best pattern was adopted in place of the chosen one, on every disagreeing neuron or on those
+    /// it is decisive for (see [`BruteCheck::decisive`], [`BruteCheck::decisive_for`]).
     pub adopted: bool,
     /// Queries spent.
     pub queries: u64,
@@ -284,6 +289,15 @@ pub fn cross_check<O: Oracle + ?Sized>(
         })
         .map(|p| scores[p as usize])
         .fold(f64::INFINITY, f64::min);
+    let mut against = vec![f64::INFINITY; w];
+    for (p, &sc) in scores.iter().enumerate() {
+        let diff = p as u32 ^ best;
+        for (k, a) in against.iter_mut().enumerate() {
+            if diff >> k & 1 == 1 && sc < *a {
+                *a = sc;
+            }
+        }
+    }
     Ok(Some(BruteCheck {
         patterns: 1u64 << w,
         points: data.len(),
@@ -295,6 +309,7 @@ pub fn cross_check<O: Oracle + ?Sized>(
         best_signs: (0..w)
             .map(|k| if best >> k & 1 == 1 { -1.0 } else { 1.0 })
             .collect(),
+        against,
         adopted: false,
         queries: oracle.queries() - q0,
     }))
@@ -308,6 +323,19 @@ impl BruteCheck {
         self.best_score <= DECISIVE_SCORE
             && self.second_score >= DECISIVE_RATIO * self.best_score.max(1e-12)
     }
+
+    /// Neuron `k`'s sign alone is established: the best pattern explains the gradients to within
+    /// `DECISIVE_SCORE` and every pattern giving `k` the other sign, whatever it does elsewhere, is
+    /// at least `DECISIVE_RATIO` times worse. Weaker than [`Self::decisive`], which needs this for
+    /// every observable neuron: a layer where one weakly observable neuron stays open can still have
+    /// its other signs settled.
+    pub fn decisive_for(&self, k: usize) -> bool {
+        self.best_score <= DECISIVE_SCORE
+            && self
+                .against
+                .get(k)
+                .is_some_and(|&a| a >= DECISIVE_RATIO * self.best_score.max(1e-12))
+    }
 }
 
 /// Largest score of a decisive best pattern. A right pattern scores ~1e-11 on f64 targets (rounding of
@@ -316,3 +344,41 @@ pub const DECISIVE_SCORE: f64 = 1e-6;
 
 /// How much worse than the best every competing pattern must score for the best to be decisive.
 pub const DECISIVE_RATIO: f64 = 1e3;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(best: f64, second: f64, against: Vec<f64>) -> BruteCheck {
+        let w = against.len();
+        BruteCheck {
+            patterns: 1 << w,
+            points: 10,
+            disagree: vec![0, 1],
+            confirmed: vec![],
+            chosen_score: 1e-8,
+            best_score: best,
+            second_score: second,
+            best_signs: vec![1.0; w],
+            against,
+            adopted: false,
+            queries: 0,
+        }
+    }
+
+    #[test]
+    fn one_neuron_can_be_settled_while_the_layer_is_not() {
+        // Neuron 2 is barely observable (its flip costs little), so the layer is not decisive; neuron 0's
+        // sign is, neuron 1's is not.
+        let c = check(7e-12, 9e-12, vec![2e-8, 3e-11, 9e-12]);
+        assert!(!c.decisive());
+        assert!(c.decisive_for(0));
+        assert!(!c.decisive_for(1));
+        assert!(!c.decisive_for(2));
+        assert!(!c.decisive_for(3), "out of range is never decisive");
+        // A best pattern that does not explain the gradients settles nothing.
+        assert!(!check(1e-4, 1.0, vec![1.0, 1.0]).decisive_for(0));
+        // Reports written before `against` existed settle nothing either.
+        assert!(!check(7e-12, 1.0, vec![]).decisive_for(0));
+    }
+}
