@@ -502,15 +502,7 @@ pub fn extract_resumable<O: Oracle + ?Sized>(
                     signs.signs[k] = c.best_signs[k];
                     signs.confidence[k] = 1.0;
                 }
-                signs.method = match signs.method {
-                    "last-layer-lstsq" => "last-layer-lstsq, corrected by brute force",
-                    "soe-exact" => "soe-exact, corrected by brute force",
-                    "neuron-wiggle" => "neuron-wiggle, corrected by brute force",
-                    "soe-exact + neuron-wiggle" => {
-                        "soe-exact + neuron-wiggle, corrected by brute force"
-                    }
-                    _ => "polynomial methods, corrected by brute force",
-                };
+                signs.method = corrected_by_brute_force(signs.method);
                 c.adopted = true;
             } else {
                 // Settle the neurons whose sign alone is established; flag the rest.
@@ -522,9 +514,19 @@ pub fn extract_resumable<O: Oracle + ?Sized>(
                         signs.signs[k] = c.best_signs[k];
                         signs.confidence[k] = 1.0;
                     }
+                    signs.method = corrected_by_brute_force(signs.method);
                     c.adopted = true;
                 }
-                if !open.is_empty() {
+                if !open.is_empty() && c.refutes_chosen() {
+                    // The chosen signs cannot explain the gradients while the best pattern does: the
+                    // best is the better guess even though no single neuron is settled. Still flagged.
+                    tracing::warn!(layer = layer_no, neurons = ?open, "brute-force sign check refutes the chosen signs; the best pattern's are used, flagged as low confidence");
+                    for &k in &open {
+                        signs.signs[k] = c.best_signs[k];
+                    }
+                    signs.method = corrected_by_brute_force(signs.method);
+                    c.adopted = true;
+                } else if !open.is_empty() {
                     tracing::warn!(layer = layer_no, neurons = ?open, "brute-force sign check disagrees; flagged as low confidence");
                 }
                 brute_flagged = open;
@@ -683,5 +685,23 @@ fn at_layer(e: ExtractError, layer: usize, known: &KnownPrefix) -> ExtractError 
             }
         }
         other => other,
+    }
+}
+
+/// The report's sign method once the brute-force check changed some of its signs.
+fn corrected_by_brute_force(method: &'static str) -> &'static str {
+    match method {
+        "last-layer-lstsq" => "last-layer-lstsq, corrected by brute force",
+        "soe-exact" => "soe-exact, corrected by brute force",
+        "neuron-wiggle" => "neuron-wiggle, corrected by brute force",
+        "soe-exact + neuron-wiggle" => "soe-exact + neuron-wiggle, corrected by brute force",
+        "neuron-wiggle + isolated wiggle" => {
+            "neuron-wiggle + isolated wiggle, corrected by brute force"
+        }
+        "soe-exact + neuron-wiggle + isolated wiggle" => {
+            "soe-exact + neuron-wiggle + isolated wiggle, corrected by brute force"
+        }
+        m if m.ends_with(", corrected by brute force") => m,
+        _ => "polynomial methods, corrected by brute force",
     }
 }

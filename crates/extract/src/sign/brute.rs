@@ -324,6 +324,14 @@ impl BruteCheck {
             && self.second_score >= DECISIVE_RATIO * self.best_score.max(1e-12)
     }
 
+    /// The chosen signs are refuted: the best pattern explains the gradients to within
+    /// `DECISIVE_SCORE` and the chosen one scores at least `DECISIVE_RATIO` times worse. Says the
+    /// chosen pattern is wrong, not which neurons are (for that see [`Self::decisive_for`]).
+    pub fn refutes_chosen(&self) -> bool {
+        self.best_score <= DECISIVE_SCORE
+            && self.chosen_score >= DECISIVE_RATIO * self.best_score.max(1e-12)
+    }
+
     /// Neuron `k`'s sign alone is established: the best pattern explains the gradients to within
     /// `DECISIVE_SCORE` and every pattern giving `k` the other sign, whatever it does elsewhere, is
     /// at least `DECISIVE_RATIO` times worse. Weaker than [`Self::decisive`], which needs this for
@@ -380,5 +388,8 @@ mod tests {
         assert!(!check(1e-4, 1.0, vec![1.0, 1.0]).decisive_for(0));
         // Reports written before `against` existed settle nothing either.
         assert!(!check(7e-12, 1.0, vec![]).decisive_for(0));
+        // The chosen pattern (1e-8) is refuted by a best at 7e-12, not by one at 1e-10.
+        assert!(check(7e-12, 9e-12, vec![1.0]).refutes_chosen());
+        assert!(!check(1e-10, 9e-12, vec![1.0]).refutes_chosen());
     }
 }
