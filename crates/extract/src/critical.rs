@@ -326,12 +326,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn noise_near_a_zero_of_f_is_not_read_as_kinks() {
-        // f crosses zero mid-segment; relative to the tiny |f| there, 1e-13 of the segment's
-        // magnitude is far above the linearity tolerance, which used to split every interval down to
-        // min_len (2^37 of them).
-        let o = NoisyLinear { noise: 1e-13 };
+    /// Searches the segment `[-3, 3]` of one line through the origin of a [`NoisyLinear`] target with
+    /// the default f64 tolerances; returns the kinks found and the queries spent.
+    fn search_noisy(noise: f64) -> (Vec<CriticalPoint>, u64) {
+        let o = NoisyLinear { noise };
         let co = CountingOracle::new(&o, None);
         let line = Line {
             origin: vec![0.0, 0.0],
@@ -344,29 +342,26 @@ mod tests {
         };
         let cps =
             find_critical_points(&co, std::slice::from_ref(&line), &[(0, -3.0, 3.0)], tol).unwrap();
+        (cps, co.queries())
+    }
+
+    #[test]
+    fn noise_near_a_zero_of_f_is_not_read_as_kinks() {
+        // f crosses zero mid-segment; relative to the tiny |f| there, 1e-13 of the segment's
+        // magnitude is far above the linearity tolerance, which used to split every interval down to
+        // min_len (2^37 of them).
+        let (cps, queries) = search_noisy(1e-13);
         assert!(cps.is_empty(), "{cps:?}");
-        assert!(co.queries() < 1000, "{} queries", co.queries());
+        assert!(queries < 1000, "{queries} queries");
     }
 
     #[test]
     fn a_segment_whose_noise_beats_every_tolerance_is_abandoned_not_followed_forever() {
-        let o = NoisyLinear { noise: 1e-6 };
-        let co = CountingOracle::new(&o, None);
-        let line = Line {
-            origin: vec![0.0, 0.0],
-            dir: vec![0.6, 0.8],
-        };
-        let tol = SearchTol {
-            rel_tol: 1e-10,
-            min_interval_rel: 1e-11,
-            abs_floor: 0.0,
-        };
-        find_critical_points(&co, std::slice::from_ref(&line), &[(0, -3.0, 3.0)], tol).unwrap();
+        let (_, queries) = search_noisy(1e-6);
         // At most ~2·MAX_LIVE_PER_SEGMENT queries per level until the cap trips, not 2^37.
         assert!(
-            co.queries() < 16 * MAX_LIVE_PER_SEGMENT as u64,
-            "{} queries",
-            co.queries()
+            queries < 16 * MAX_LIVE_PER_SEGMENT as u64,
+            "{queries} queries"
         );
     }
 

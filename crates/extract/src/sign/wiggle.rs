@@ -111,6 +111,11 @@ fn place(with_layer: &KnownPrefix, k: usize, rng: &mut ChaCha20Rng, sigma: f64) 
         }
     }
     let t = (0.5 * tmax).min(sigma / norm(&delta).max(f64::MIN_POSITIVE));
+    scaled_probe(k, x, delta, t)
+}
+
+/// The probe of neuron `k` at `x` along `t·delta`, or `None` when no positive finite step exists.
+fn scaled_probe(k: usize, x: Vec<f64>, mut delta: Vec<f64>, t: f64) -> Option<Probe> {
     if !(t.is_finite() && t > 0.0) {
         return None;
     }
@@ -295,7 +300,7 @@ fn place_isolated(
     });
     let e1 = Mat::<f64>::from_fn(n, 1, |i, _| f64::from(u8::from(i == 0)));
     let u = lstsq(&gram, &e1);
-    let mut delta: Vec<f64> = (0..d0)
+    let delta: Vec<f64> = (0..d0)
         .map(|c| (0..n).map(|i| z[(rows[i], c)] * u[(i, 0)]).sum())
         .collect();
     // Exact isolation only: the active others must not move beyond rounding.
@@ -307,15 +312,7 @@ fn place_isolated(
     }
     let t =
         (0.25 * max_step(&st, k, &delta)).min(0.1 * sigma / norm(&delta).max(f64::MIN_POSITIVE));
-    if !(t.is_finite() && t > 0.0) {
-        return None;
-    }
-    delta.iter_mut().for_each(|v| *v *= t);
-    Some(Probe {
-        neuron: k,
-        x,
-        delta,
-    })
+    scaled_probe(k, x, delta, t)
 }
 
 /// How still the active others must stay (relative to the unit move of `ẑ_k`) for a wiggle to count
