@@ -386,7 +386,11 @@ pub fn recover_layer<O: Oracle + ?Sized>(
         signature_queries: 0,
         refine_queries: 0,
     };
-    for round in 0..p.max_rounds_per_layer {
+    let mut last_progress = (0usize, 0usize); // (round, neurons done then)
+    for round in 0..p.max_rounds_per_layer * crate::params::ROUND_LIMIT_FACTOR {
+        if round >= p.max_rounds_per_layer && round >= last_progress.0 + p.round_patience {
+            break;
+        }
         // The first round uses one line: every neuron it meets is measured once, and later lines can
         // then be matched for free by the hyperplane test.
         let n_lines = if round == 0 { 1 } else { p.lines_per_round };
@@ -564,6 +568,9 @@ pub fn recover_layer<O: Oracle + ?Sized>(
         );
         if done >= width {
             break;
+        }
+        if done > last_progress.1 {
+            last_progress = (round, done);
         }
     }
     out.lines = following.iter().filter(|f| !**f).count();

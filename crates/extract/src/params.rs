@@ -82,6 +82,14 @@ pub struct ExtractParams {
     /// Maximum rounds of witness collection per layer before the unfound neurons are declared dead.
     /// Default 40.
     pub max_rounds_per_layer: usize,
+    /// Once `max_rounds_per_layer` rounds are spent, collection goes on while some neuron was completed
+    /// within the last `round_patience` rounds, up to [`ROUND_LIMIT_FACTOR`] × `max_rounds_per_layer`.
+    /// Default 8: on a trained 784-128-128-128-10 the last hidden layer was still completing a neuron
+    /// every 2–5 rounds at round 40, and the neurons left unfound broke the output layer; a layer that
+    /// has stopped progressing (truly dead neurons) stops after at most 8 more rounds. 0 turns the
+    /// extension off.
+    #[serde(default = "defaults::round_patience")]
+    pub round_patience: usize,
     /// Consistent witnesses (from distinct lines) needed before a neuron is accepted. Default 2: one
     /// witness could be a deeper-layer kink that happens to look like a neuron; two from independent
     /// lines cannot (they would have to share a deeper activation pattern).
@@ -187,7 +195,14 @@ pub struct ExtractParams {
 }
 
 /// Serde defaults of fields added after the first checkpoint schema (older `state.json` files).
+/// Hard limit on witness rounds per layer, as a multiple of `max_rounds_per_layer`, however long
+/// progress continues (see `round_patience`): bounds the time spent on one layer.
+pub const ROUND_LIMIT_FACTOR: usize = 4;
+
 mod defaults {
+    pub fn round_patience() -> usize {
+        8
+    }
     pub fn plane_tol() -> f64 {
         1e-8
     }
@@ -248,6 +263,7 @@ impl Default for ExtractParamsBuilder {
                 min_interval_rel: 1e-11,
                 lines_per_round: 4,
                 max_rounds_per_layer: 40,
+                round_patience: defaults::round_patience(),
                 min_witnesses: 2,
                 cluster_tol: 1e-7,
                 min_common_coords: 2,
@@ -296,6 +312,7 @@ impl ExtractParamsBuilder {
     setter!(min_interval_rel, f64);
     setter!(lines_per_round, usize);
     setter!(max_rounds_per_layer, usize);
+    setter!(round_patience, usize);
     setter!(min_witnesses, usize);
     setter!(cluster_tol, f64);
     setter!(min_common_coords, usize);
