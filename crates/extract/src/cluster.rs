@@ -50,6 +50,10 @@ pub struct NeuronEstimate {
 /// [`NeuronEstimate::extended_by`]): one row is only a sign, two leave a single ratio to agree by chance.
 const MIN_EXTENSION_ROWS: usize = 3;
 
+/// Most units a partial witness may add to an estimate at once ([`NeuronEstimate::extended_by`]):
+/// each needs one more signature row, and deep layers' witnesses have few.
+const MAX_JOINT_EXTENSION: usize = 3;
+
 /// The unseen unit's column of a partial witness's signature must be this far from parallel to the
 /// measured `y` (1 − cos² of the angle), or the signature cannot fix the unit's weight.
 const EXTENSION_COLLINEAR: f64 = 1e-6;
@@ -350,9 +354,13 @@ impl NeuronEstimate {
         if w.full.is_some() || w.a_rows.nrows() < MIN_EXTENSION_ROWS || self.witnesses < 2 {
             return false;
         }
-        let mut unseen = (0..dim).filter(|&k| w.h[k] != 0.0 && !self.known[k]);
-        let (Some(u), None) = (unseen.next(), unseen.next()) else {
-            return false;
+        let unseen: Vec<usize> = (0..dim)
+            .filter(|&k| w.h[k] != 0.0 && !self.known[k])
+            .collect();
+        let u = match unseen.as_slice() {
+            [] => return false,
+            [u] => *u,
+            _ => return self.extended_jointly_by(w, &unseen, tol),
         };
         let th = &self.theta;
         let z: f64 = (0..dim)
@@ -388,6 +396,62 @@ impl NeuronEstimate {
             .sqrt();
         resid <= tol * norm(&c).max(f64::MIN_POSITIVE)
             && (from_signature - from_plane).abs() <= EXTENSION_AGREEMENT * (1.0 + from_plane.abs())
+    }
+
+    /// [`Self::extended_by`] for a witness where `m = unseen.len() ≥ 2` units this estimate has never
+    /// seen are active at once. Measured on the last hidden layer of a balanced 784-16×8-1: hundreds of
+    /// partial witnesses where two missing units were on together, none usable one unit at a time.
+    /// The signature alone fixes `(w_U, λ)` by least squares on `r ≥ m + 2` rows (one redundant row to
+    /// test), its columns must be well conditioned, and the hyperplane then supplies the independent
+    /// check: `h_U·w_U = −(θ_K·h_K + b)` within [`EXTENSION_AGREEMENT`].
+    fn extended_jointly_by(&self, w: &Witness, unseen: &[usize], tol: f64) -> bool {
+        let dim = self.dim();
+        let (r, m) = (w.a_rows.nrows(), unseen.len());
+        if m > MAX_JOINT_EXTENSION || r < m + 2 {
+            return false;
+        }
+        let th = &self.theta;
+        let seen = |k: &usize| !unseen.contains(k);
+        let c: Vec<f64> = (0..r)
+            .map(|j| {
+                (0..dim)
+                    .filter(seen)
+                    .map(|k| w.a_rows[(j, k)] * th[k])
+                    .sum()
+            })
+            .collect();
+        // Columns a_u (u ∈ U) and −y, each scaled to unit norm so the conditioning test is scale-free.
+        let mut cols: Vec<Vec<f64>> = unseen
+            .iter()
+            .map(|&u| (0..r).map(|j| w.a_rows[(j, u)]).collect())
+            .collect();
+        cols.push(w.y.iter().map(|v| -v).collect());
+        let scales: Vec<f64> = cols.iter().map(|c| norm(c)).collect();
+        if scales.iter().any(|&n| !(n > 0.0 && n.is_finite())) {
+            return false;
+        }
+        let mat = Mat::<f64>::from_fn(r, m + 1, |j, i| cols[i][j] / scales[i]);
+        let Some((sv, _)) = crate::linalg::svd_right(&mat) else {
+            return false;
+        };
+        let (smax, smin) = (sv[0], sv[sv.len() - 1]);
+        if smin.is_nan() || smin <= EXTENSION_COLLINEAR.sqrt() * smax {
+            return false;
+        }
+        let rhs = Mat::<f64>::from_fn(r, 1, |j, _| -c[j]);
+        let x = crate::linalg::lstsq(&mat, &rhs);
+        let resid: f64 = (0..r)
+            .map(|j| ((0..=m).map(|i| mat[(j, i)] * x[(i, 0)]).sum::<f64>() + c[j]).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        if resid > tol * norm(&c).max(f64::MIN_POSITIVE) {
+            return false;
+        }
+        let w_u: Vec<f64> = (0..m).map(|i| x[(i, 0)] / scales[i]).collect();
+        let z: f64 = (0..dim).filter(seen).map(|k| th[k] * w.h[k]).sum::<f64>() + th[dim];
+        let h_u: Vec<f64> = unseen.iter().map(|&u| w.h[u]).collect();
+        (dot(&h_u, &w_u) + z).abs()
+            <= EXTENSION_AGREEMENT * (norm(&h_u) * (1.0 + norm(&w_u)) + z.abs())
     }
 
     /// Merges another estimate's evidence into this one.
@@ -693,9 +757,13 @@ mod tests {
         assert!(!e.extended_by(&partial_witness(&other, &[0, 2, 3, 5, 7], 4, 1), 1e-7));
         // Too few rows to test: refused.
         assert!(!e.extended_by(&partial_witness(&truth, &[0, 2, 3, 5, 7], 2, 1), 1e-7));
-        // Two unseen units: the hyperplane cannot fix both weights.
+        // Two unseen units on together: joined when the signature fixes both (r ≥ 4) and the
+        // hyperplane agrees; refused for another neuron or with too few rows.
         e.known[6] = false;
-        assert!(!e.extended_by(&partial_witness(&truth, &[0, 2, 6, 7], 4, 1), 1e-7));
+        assert!(e.extended_by(&partial_witness(&truth, &[0, 2, 6, 7], 4, 1), 1e-7));
+        assert!(e.extended_by(&partial_witness(&truth, &[0, 2, 3, 6, 7], 6, 5), 1e-7));
+        assert!(!e.extended_by(&partial_witness(&other, &[0, 2, 6, 7], 5, 1), 1e-7));
+        assert!(!e.extended_by(&partial_witness(&truth, &[0, 2, 6, 7], 3, 1), 1e-7));
     }
 
     #[test]
