@@ -362,25 +362,12 @@ impl NeuronEstimate {
             [u] => *u,
             _ => return self.extended_jointly_by(w, &unseen, tol),
         };
-        let th = &self.theta;
-        let z: f64 = (0..dim)
-            .filter(|&k| k != u)
-            .map(|k| th[k] * w.h[k])
-            .sum::<f64>()
-            + th[dim];
+        let (z, c) = self.known_part(w, &[u]);
         let from_plane = -z / w.h[u];
         // The signature alone must fix w_u too (else a witness of another neuron with uninformative
         // rows would pass): A_K θ_K + a_u w_u = λ y, least squares in (w_u, λ).
         let r = w.a_rows.nrows();
         let a: Vec<f64> = (0..r).map(|j| w.a_rows[(j, u)]).collect();
-        let c: Vec<f64> = (0..r)
-            .map(|j| {
-                (0..dim)
-                    .filter(|&k| k != u)
-                    .map(|k| w.a_rows[(j, k)] * th[k])
-                    .sum()
-            })
-            .collect();
         let y = &w.y;
         let (aa, ay, yy) = (dot(&a, &a), dot(&a, y), dot(y, y));
         let det = aa * yy - ay * ay;
@@ -398,21 +385,14 @@ impl NeuronEstimate {
             && (from_signature - from_plane).abs() <= EXTENSION_AGREEMENT * (1.0 + from_plane.abs())
     }
 
-    /// [`Self::extended_by`] for a witness where `m = unseen.len() ≥ 2` units this estimate has never
-    /// seen are active at once. Measured on the last hidden layer of a balanced 784-16×8-1: hundreds of
-    /// partial witnesses where two missing units were on together, none usable one unit at a time.
-    /// The signature alone fixes `(w_U, λ)` by least squares on `r ≥ m + 2` rows (one redundant row to
-    /// test), its columns must be well conditioned, and the hyperplane then supplies the independent
-    /// check: `h_U·w_U = −(θ_K·h_K + b)` within [`EXTENSION_AGREEMENT`].
-    fn extended_jointly_by(&self, w: &Witness, unseen: &[usize], tol: f64) -> bool {
+    /// What the estimate's known weights (every unit but `unseen`) contribute at witness `w`: to its
+    /// pre-activation, `z = θ_K·h_K + b`, and to each signature row, `c_j = (A θ_K)_j`.
+    fn known_part(&self, w: &Witness, unseen: &[usize]) -> (f64, Vec<f64>) {
         let dim = self.dim();
-        let (r, m) = (w.a_rows.nrows(), unseen.len());
-        if m > MAX_JOINT_EXTENSION || r < m + 2 {
-            return false;
-        }
         let th = &self.theta;
         let seen = |k: &usize| !unseen.contains(k);
-        let c: Vec<f64> = (0..r)
+        let z = (0..dim).filter(seen).map(|k| th[k] * w.h[k]).sum::<f64>() + th[dim];
+        let c = (0..w.a_rows.nrows())
             .map(|j| {
                 (0..dim)
                     .filter(seen)
@@ -420,6 +400,21 @@ impl NeuronEstimate {
                     .sum()
             })
             .collect();
+        (z, c)
+    }
+
+    /// [`Self::extended_by`] for a witness where `m = unseen.len() ≥ 2` units this estimate has never
+    /// seen are active at once. Measured on the last hidden layer of a balanced 784-16×8-1: hundreds of
+    /// partial witnesses where two missing units were on together, none usable one unit at a time.
+    /// The signature alone fixes `(w_U, λ)` by least squares on `r ≥ m + 2` rows (one redundant row to
+    /// test), its columns must be well conditioned, and the hyperplane then supplies the independent
+    /// check: `h_U·w_U = −(θ_K·h_K + b)` within [`EXTENSION_AGREEMENT`].
+    fn extended_jointly_by(&self, w: &Witness, unseen: &[usize], tol: f64) -> bool {
+        let (r, m) = (w.a_rows.nrows(), unseen.len());
+        if m > MAX_JOINT_EXTENSION || r < m + 2 {
+            return false;
+        }
+        let (z, c) = self.known_part(w, unseen);
         // Columns a_u (u ∈ U) and −y, each scaled to unit norm so the conditioning test is scale-free.
         let mut cols: Vec<Vec<f64>> = unseen
             .iter()
@@ -448,7 +443,6 @@ impl NeuronEstimate {
             return false;
         }
         let w_u: Vec<f64> = (0..m).map(|i| x[(i, 0)] / scales[i]).collect();
-        let z: f64 = (0..dim).filter(seen).map(|k| th[k] * w.h[k]).sum::<f64>() + th[dim];
         let h_u: Vec<f64> = unseen.iter().map(|&u| w.h[u]).collect();
         (dot(&h_u, &w_u) + z).abs()
             <= EXTENSION_AGREEMENT * (norm(&h_u) * (1.0 + norm(&w_u)) + z.abs())

@@ -98,10 +98,8 @@ fn place(with_layer: &KnownPrefix, k: usize, rng: &mut ChaCha20Rng, sigma: f64) 
 }
 
 /// Runs `place` for every neuron in order, all drawing from `rng`, and concatenates the probes.
-/// Sequential on purpose: one shared stream keeps every run's probes (and so its signs) as they were
-/// before this helper existed; per-neuron streams on both cores were tried and changed which
-/// points the wiggle saw, and with them a seed-7 784-16×8-1 that verified stopped verifying (its
-/// layer-8 fault, not the wiggle's). The placement's cost is in its GEMMs, not in the order.
+/// Sequential on purpose: one shared stream keeps the probes, and so the signs, of every seed as they
+/// were (per-neuron streams on both cores changed them).
 fn place_per_neuron<F>(neurons: &[usize], rng: &mut ChaCha20Rng, mut place: F) -> Vec<Probe>
 where
     F: FnMut(usize, &mut ChaCha20Rng) -> Vec<Probe>,
