@@ -84,14 +84,11 @@ impl KnownPrefix {
         let mut pre_all = Vec::with_capacity(upto);
         let mut dpre_all = Vec::with_capacity(upto);
         for l in &self.layers[..upto] {
-            let mut z = l.bias.clone();
-            for r in 0..l.fan_out() {
-                let mut s = 0.0;
-                for c in 0..l.fan_in() {
-                    s += l.weight[(r, c)] * h[c];
-                }
-                z[r] += s;
-            }
+            // One GEMV instead of a strided scalar loop: this forward pass runs for every
+            // critical point of every deeper layer.
+            let hv = faer::Col::<f64>::from_fn(h.len(), |i| h[i]);
+            let wh = &l.weight * &hv;
+            let z: Vec<f64> = (0..l.fan_out()).map(|r| l.bias[r] + wh[r]).collect();
             let dz = if identity {
                 identity = false;
                 l.weight.clone()

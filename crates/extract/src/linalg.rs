@@ -57,18 +57,15 @@ pub fn lstsq(a: &Mat<f64>, b: &Mat<f64>) -> Mat<f64> {
     let smax = s.iter().cloned().fold(0.0, f64::max);
     let (u, v) = (svd.U(), svd.V());
     let utb = u.transpose() * b;
-    let mut x = Mat::<f64>::zeros(a.ncols(), b.ncols());
-    for k in 0..s.len() {
+    // Truncated pseudo-inverse as one GEMM: V · (S⁻¹ Uᵀ b), dropping negligible singular values.
+    let scaled = Mat::<f64>::from_fn(s.len(), b.ncols(), |k, j| {
         if s[k] > 1e-12 * smax {
-            for j in 0..b.ncols() {
-                let c = utb[(k, j)] / s[k];
-                for i in 0..a.ncols() {
-                    x[(i, j)] += v[(i, k)] * c;
-                }
-            }
+            utb[(k, j)] / s[k]
+        } else {
+            0.0
         }
-    }
-    x
+    });
+    v * &scaled
 }
 
 /// Whether the R factor of `a` has no negligible diagonal entry.
@@ -93,20 +90,12 @@ pub fn right_pinv(j: &Mat<f64>) -> Option<(Mat<f64>, f64)> {
         return None;
     }
     // pinv(j) = (jᵀ)ᵀ⁺ ... j = V S Uᵀ  ⇒  j⁺ = U S⁻¹ Vᵀ
-    let u = svd.U();
-    let v = svd.V();
-    let mut out = Mat::<f64>::zeros(jt.nrows(), r);
-    for k in 0..s.len() {
-        if s[k] <= 0.0 {
-            return None;
-        }
-        for a in 0..jt.nrows() {
-            let uk = u[(a, k)] / s[k];
-            for c in 0..r {
-                out[(a, c)] += uk * v[(c, k)];
-            }
-        }
+    if s.iter().any(|&sk| sk <= 0.0) {
+        return None;
     }
+    // One GEMM: (U · S⁻¹) · Vᵀ.
+    let u_scaled = Mat::<f64>::from_fn(jt.nrows(), s.len(), |a, k| svd.U()[(a, k)] / s[k]);
+    let out = &u_scaled * svd.V().transpose();
     Some((out, smin / smax))
 }
 
