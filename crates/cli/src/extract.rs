@@ -60,6 +60,11 @@ pub struct ExtractArgs {
     /// clean proof of the active side.
     #[arg(long, value_name = "K", default_value_t = 4)]
     pub isolated_wiggles: usize,
+    /// Largest pool of random inputs on which the output is fitted from the last hidden layer's
+    /// neurons found so far; search lines are aimed through the inputs it explains worst, where a
+    /// rarely active (or almost-always-on) neuron is still missing. 0 = off.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub residual_aim_points: usize,
     /// Skip the brute-force sign cross-check of hidden layers of width ≤ 16 (by default all 2^w sign
     /// patterns are scored against measured gradients; a decisive disagreement corrects the signs,
     /// an indecisive one flags the neurons as low confidence).
@@ -164,6 +169,7 @@ pub fn run(a: ExtractArgs) -> Result<()> {
         .precision(a.precision)
         .brute_check(!a.no_brute_check)
         .isolated_wiggles(a.isolated_wiggles)
+        .residual_aim_points(a.residual_aim_points)
         .build()?;
     if let Some(t) = a.threads {
         // A second initialisation (e.g. in tests) is harmless: keep the existing pool.
@@ -282,6 +288,12 @@ pub fn run(a: ExtractArgs) -> Result<()> {
             l.sign_method,
             l.seconds.signatures + l.seconds.sign
         );
+        if !l.always_on.is_empty() {
+            println!(
+                "  always-on neurons {:?}: no boundary to meet; recovered from the output's linear part (bias not identifiable)",
+                l.always_on
+            );
+        }
         if let Some(c) = &l.brute_check {
             println!(
                 "  brute-force sign check: {} patterns on {} points, chosen score {:.1e}, second best {:.1e}, {}",

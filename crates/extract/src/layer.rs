@@ -1,5 +1,6 @@
 //! Recovery of one hidden layer's weight rows and biases (up to sign and positive scale).
 
+use crate::aim::ResidualPool;
 use crate::cluster::{BankTol, NeuronBank, NeuronEstimate};
 use crate::critical::{CriticalPoint, Line, SearchTol, find_critical_points};
 use crate::error::ExtractError;
@@ -16,6 +17,14 @@ use serde::Serialize;
 /// Rounds after which a single-witness estimate with no partner is dropped.
 const STALE_ROUNDS: usize = 4;
 
+/// Spread of the validation lines aimed near an estimate's own witnesses, relative to the data scale
+/// (`origin_scale`): far enough that the predicted crossing lies in other activation regions, near
+/// enough that a rarely active neuron's hyperplane is still met.
+const LOCAL_OFFSET: f64 = 0.5;
+
+/// ChaCha stream of the residual pool's inputs (any value other than the main stream's 0).
+const AIM_STREAM: u64 = 0xA1;
+
 /// One recovered (unsigned) neuron.
 #[derive(Debug, Clone, Serialize)]
 pub struct RecoveredNeuron {
@@ -31,6 +40,9 @@ pub struct RecoveredNeuron {
     pub residual: f64,
     /// Inputs this neuron's row could not be constrained on (set to 0).
     pub unconstrained: Vec<usize>,
+    /// Complete and confirmed by predicted crossings on fresh lines (else accepted as the best of the
+    /// incomplete estimates, which can be a deeper unit's local piece).
+    pub validated: bool,
 }
 
 /// Result of [`recover_layer`].
@@ -338,6 +350,7 @@ pub fn recover_layer<O: Oracle + ?Sized>(
     oracle: &CountingOracle<'_, O>,
     known: &KnownPrefix,
     width: usize,
+    last_hidden: bool,
     p: &ExtractParams,
     rng: &mut ChaCha20Rng,
     mut on_progress: impl FnMut(usize, usize),
@@ -387,6 +400,7 @@ pub fn recover_layer<O: Oracle + ?Sized>(
         refine_queries: 0,
     };
     let mut last_progress = (0usize, 0usize); // (round, neurons done then)
+    let mut residual_pool: Option<ResidualPool> = None;
     for round in 0..p.max_rounds_per_layer * crate::params::ROUND_LIMIT_FACTOR {
         if round >= p.max_rounds_per_layer && round >= last_progress.0 + p.round_patience {
             break;
@@ -426,10 +440,52 @@ pub fn recover_layer<O: Oracle + ?Sized>(
         } else {
             Vec::new()
         };
+        // Last hidden layer still incomplete once its regular rounds are spent (the patience phase):
+        // aim the even-numbered lines through inputs where the output is not explained by the
+        // neurons found so far (see `aim`). Not earlier: on a trained 784-128-128-128-10, aiming from
+        // round 2 on ended with 121 validated neurons instead of 127 (fewer random lines, and many
+        // estimates from aimed lines failed validation).
+        let aimed: Vec<(Vec<f64>, f64)> =
+            if last_hidden && round >= p.max_rounds_per_layer && p.residual_aim_points > 0 {
+                if residual_pool.is_none() {
+                    let n = p.residual_aim_points;
+                    // A separate stream: the main one (and so every layer that completes without
+                    // aiming) is left exactly as it was.
+                    let mut pool_rng = rng.clone();
+                    pool_rng.set_stream(AIM_STREAM);
+                    let q0 = oracle.queries();
+                    residual_pool =
+                        Some(ResidualPool::new(oracle, known, n, sigma, &mut pool_rng)?);
+                    out.search_queries += oracle.queries() - q0;
+                }
+                let found: Vec<&[f64]> = bank
+                    .estimates
+                    .iter()
+                    .filter(|e| {
+                        validated.get(&est_key(e)) == Some(&true)
+                            && is_complete(e, &alive, p, &following)
+                    })
+                    .map(|e| e.theta.as_slice())
+                    .collect();
+                let pool = residual_pool.as_mut().expect("pool drawn above");
+                pool.worst(&found, n_lines.div_ceil(2))
+            } else {
+                Vec::new()
+            };
+        if let Some((_, r)) = aimed.first() {
+            tracing::debug!(
+                lines = aimed.len(),
+                worst = r,
+                "aimed at unexplained outputs"
+            );
+        }
         for j in 0..n_lines {
             following.push(false);
             let mut line = random_line(rng, d0, sigma);
-            if !targets.is_empty() && j % 2 == 1 {
+            if let Some((x, _)) = aimed.get(j / 2).filter(|_| j % 2 == 0) {
+                // Same random direction, drawn as before, so the main stream stays aligned.
+                line.origin = x.clone();
+            } else if !targets.is_empty() && j % 2 == 1 {
                 // Through a point where the missing unit is active, heading for the estimate's
                 // hyperplane along its (partially known) normal.
                 let (ei, unit) = targets[rng.random_range(0..targets.len())];
@@ -635,6 +691,7 @@ pub fn recover_layer<O: Oracle + ?Sized>(
             lines: independent_lines(e, &following),
             residual: e.residual,
             unconstrained: (0..dim).filter(|&k| !e.known[k] && alive[k]).collect(),
+            validated: validated.get(&est_key(e)) == Some(&true),
         })
         .collect();
     out.dead = width - out.neurons.len();
@@ -660,38 +717,62 @@ fn refine<O: Oracle + ?Sized>(
     let mut lines: Vec<Line> = Vec::new();
     let mut segs: Vec<(usize, f64, f64)> = Vec::new();
     let mut owner: Vec<(usize, f64)> = Vec::new(); // per segment: estimate index, predicted t
+    // The first crossing of the estimate's hyperplane on `line` with room for a search window.
+    let crossing = |e: &NeuronEstimate, line: &Line| -> Option<(f64, f64)> {
+        let mut bps = vec![-half];
+        bps.extend(known.kinks_on_line(&line.origin, &line.dir, -half, half));
+        bps.push(half);
+        let pts: Vec<Vec<f64>> = bps.iter().map(|&t| line.at(t)).collect();
+        let hs = known.forward_rows(&pts);
+        let z: Vec<f64> = hs
+            .iter()
+            .map(|(_, h)| dot(&e.theta[..dim], h) + e.theta[dim])
+            .collect();
+        (0..bps.len() - 1).find_map(|j| {
+            if (z[j] > 0.0) == (z[j + 1] > 0.0) {
+                return None;
+            }
+            let t = bps[j] + (bps[j + 1] - bps[j]) * z[j] / (z[j] - z[j + 1]);
+            let room = (t - bps[j]).min(bps[j + 1] - t);
+            (room > 1e-6 * half).then(|| (t, (0.5 * room).min(p.refine_window * half)))
+        })
+    };
     for (ei, e) in est.iter().enumerate() {
         let mut placed = 0;
         let mut attempts = 0;
         while placed < p.refine_points && attempts < 4 * p.refine_points {
             attempts += 1;
             let line = random_line(rng, d0, p.origin_scale);
-            let mut bps = vec![-half];
-            bps.extend(known.kinks_on_line(&line.origin, &line.dir, -half, half));
-            bps.push(half);
-            let pts: Vec<Vec<f64>> = bps.iter().map(|&t| line.at(t)).collect();
-            let hs = known.forward_rows(&pts);
-            let z: Vec<f64> = hs
-                .iter()
-                .map(|(_, h)| dot(&e.theta[..dim], h) + e.theta[dim])
-                .collect();
-            for j in 0..bps.len() - 1 {
-                if (z[j] > 0.0) != (z[j + 1] > 0.0) {
-                    let t = bps[j] + (bps[j + 1] - bps[j]) * z[j] / (z[j] - z[j + 1]);
-                    let room = (t - bps[j]).min(bps[j + 1] - t);
-                    if room > 1e-6 * half {
-                        let w = (0.5 * room).min(p.refine_window * half);
-                        let li = lines.len();
-                        lines.push(line.clone());
-                        segs.push((li, t - w, t + w));
-                        owner.push((ei, t));
-                        tally[ei].0 += 1;
-                        placed += 1;
-                        break;
-                    }
-                }
+            if let Some((t, w)) = crossing(e, &line) {
+                lines.push(line);
+                segs.push((lines.len() - 1, t - w, t + w));
+                owner.push((ei, t));
+                placed += 1;
             }
         }
+        // A rarely active neuron's hyperplane is missed by most random lines (on a trained
+        // 784-128-128-128-10, three last-layer neurons were placed on 0 or 1 of 32 lines and so
+        // rejected as fakes). Then aim: lines through a random point near one of the estimate's
+        // own witnesses. The predicted crossing still lies in another activation region (the offset
+        // is `LOCAL_OFFSET` of the data scale), so a deeper unit's local piece still fails.
+        let want = p.refine_points.div_ceil(2);
+        let mut local_attempts = 0;
+        while placed < want && !e.anchors.is_empty() && local_attempts < 4 * p.refine_points {
+            local_attempts += 1;
+            let anchor = &e.anchors[rng.random_range(0..e.anchors.len())];
+            let mut line = random_line(rng, d0, LOCAL_OFFSET * p.origin_scale);
+            line.origin
+                .iter_mut()
+                .zip(anchor)
+                .for_each(|(o, a)| *o += a);
+            if let Some((t, w)) = crossing(e, &line) {
+                lines.push(line);
+                segs.push((lines.len() - 1, t - w, t + w));
+                owner.push((ei, t));
+                placed += 1;
+            }
+        }
+        tally[ei].0 = placed;
     }
     let cps = find_critical_points(oracle, &lines, &segs, search_tol)?;
     for (si, &(ei, t_pred)) in owner.iter().enumerate() {

@@ -10,6 +10,7 @@
 //! polynomial-time signs ([`sign`]), and finally the output layer by least squares ([`output`]). Every
 //! tolerance lives in [`params::ExtractParams`].
 
+pub mod aim;
 pub mod checkpoint;
 pub mod cluster;
 pub mod critical;

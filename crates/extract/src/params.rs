@@ -90,6 +90,14 @@ pub struct ExtractParams {
     /// extension off.
     #[serde(default = "defaults::round_patience")]
     pub round_patience: usize,
+    /// Random inputs (queried once per last hidden layer) on which the output is fitted from the
+    /// neurons found so far; lines are then aimed through the inputs it explains worst, where a missing
+    /// neuron of the last hidden layer is switched unlike its linear extension: active for a rarely
+    /// active neuron, inactive for an almost-always-on one. Drawn only when the layer is still not
+    /// complete after `max_rounds_per_layer` rounds (the `round_patience` phase). Default 4096 (sees
+    /// a neuron switched on ~0.2 % of inputs about 8 times); 0 turns aiming off.
+    #[serde(default = "defaults::residual_aim_points")]
+    pub residual_aim_points: usize,
     /// Consistent witnesses (from distinct lines) needed before a neuron is accepted. Default 2: one
     /// witness could be a deeper-layer kink that happens to look like a neuron; two from independent
     /// lines cannot (they would have to share a deeper activation pattern).
@@ -203,6 +211,9 @@ mod defaults {
     pub fn round_patience() -> usize {
         8
     }
+    pub fn residual_aim_points() -> usize {
+        4096
+    }
     pub fn plane_tol() -> f64 {
         1e-8
     }
@@ -264,6 +275,7 @@ impl Default for ExtractParamsBuilder {
                 lines_per_round: 4,
                 max_rounds_per_layer: 40,
                 round_patience: defaults::round_patience(),
+                residual_aim_points: defaults::residual_aim_points(),
                 min_witnesses: 2,
                 cluster_tol: 1e-7,
                 min_common_coords: 2,
@@ -313,6 +325,7 @@ impl ExtractParamsBuilder {
     setter!(lines_per_round, usize);
     setter!(max_rounds_per_layer, usize);
     setter!(round_patience, usize);
+    setter!(residual_aim_points, usize);
     setter!(min_witnesses, usize);
     setter!(cluster_tol, f64);
     setter!(min_common_coords, usize);

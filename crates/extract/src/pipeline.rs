@@ -52,6 +52,10 @@ pub struct LayerReport {
     pub neurons_found: usize,
     /// Neurons never seen (dead or unreachable), recovered as zero rows.
     pub dead: Vec<usize>,
+    /// Neurons that never switch off, recovered from the output's linear part (last hidden layer;
+    /// their bias is not identifiable: the one chosen keeps them on over the data).
+    #[serde(default)]
+    pub always_on: Vec<usize>,
     /// Critical points found by the search.
     pub critical_points: usize,
     /// Witnesses whose signature was measured.
@@ -410,9 +414,16 @@ pub fn extract_resumable<O: Oracle + ?Sized>(
             width,
         });
         let t0 = Instant::now();
-        let sig = recover_layer(&co, &known, width, p, &mut rng, |done, width| {
-            progress(ProgressEvent::Neurons { done, width })
-        })
+        let last_hidden = layer_no == hidden.len();
+        let sig = recover_layer(
+            &co,
+            &known,
+            width,
+            last_hidden,
+            p,
+            &mut rng,
+            |done, width| progress(ProgressEvent::Neurons { done, width }),
+        )
         .map_err(|e| at_layer(e, layer_no, &known))?;
         let sig_secs = t0.elapsed().as_secs_f64();
         let dim = known.out_dim();
@@ -427,12 +438,59 @@ pub fn extract_resumable<O: Oracle + ?Sized>(
         let mut layer = Layer { weight, bias };
         progress(ProgressEvent::Stage("signs"));
         let t1 = Instant::now();
-        let found = sig.neurons.len();
-        let live = Layer {
+        let mut found = sig.neurons.len();
+        let live_rows = |layer: &Layer, found: usize| Layer {
             weight: Mat::from_fn(found, dim, |r, c| layer.weight[(r, c)]),
             bias: layer.bias[..found].to_vec(),
         };
-        let signs = if found > 0 {
+        // Which recovered neuron each row holds (rows past `found` are zero).
+        let mut kept: Vec<usize> = (0..found).collect();
+        // A last-layer neuron that never switches off has no boundary to find; it shows as a linear
+        // part of the output (see `last_layer::always_on`). Its slot may have been taken by the best
+        // unvalidated estimate (a deeper unit's local piece), so only validated neurons count here;
+        // when the output is exactly explained without the others, they are dropped.
+        let trusted: Vec<usize> = (0..found).filter(|&k| sig.neurons[k].validated).collect();
+        let always_on =
+            if li + 1 == hidden.len() && !trusted.is_empty() && trusted.len() + 1 == width {
+                let rows = Layer {
+                    weight: Mat::from_fn(trusted.len(), dim, |r, c| layer.weight[(trusted[r], c)]),
+                    bias: trusted.iter().map(|&k| layer.bias[k]).collect(),
+                };
+                last_layer::always_on(&co, &known, &rows, 1, p.origin_scale, &mut rng)
+                    .map_err(|e| at_layer(e, layer_no, &known))?
+            } else {
+                None
+            };
+        let mut always_on_neurons = Vec::new();
+        if let Some(a) = &always_on {
+            let t = trusted.len();
+            tracing::info!(
+                layer = layer_no,
+                neuron = t,
+                dropped_unvalidated = found - t,
+                "always-on neuron recovered from the output's linear part"
+            );
+            let mut weight = Mat::<f64>::zeros(width, dim);
+            let mut bias = vec![0.0; width];
+            for (r, &k) in trusted.iter().enumerate() {
+                for c in 0..dim {
+                    weight[(r, c)] = layer.weight[(k, c)];
+                }
+                bias[r] = layer.bias[k];
+            }
+            for c in 0..dim {
+                weight[(t, c)] = a.row.0[c];
+            }
+            bias[t] = a.row.1;
+            layer = Layer { weight, bias };
+            kept = trusted;
+            always_on_neurons.push(t);
+            found = t + 1;
+        }
+        let live = live_rows(&layer, found);
+        let signs = if let Some(a) = always_on {
+            a.signs
+        } else if found > 0 {
             sign_layer(&co, &known, &live, li + 1 == hidden.len(), p, &mut rng)
                 .map_err(|e| at_layer(e, layer_no, &known))?
         } else {
@@ -555,6 +613,7 @@ pub fn extract_resumable<O: Oracle + ?Sized>(
             width,
             neurons_found: found,
             dead: (found..width).collect(),
+            always_on: always_on_neurons,
             critical_points: sig.critical_points,
             measured_witnesses: sig.measured_witnesses,
             attached_points: sig.attached_points,
@@ -573,9 +632,12 @@ pub fn extract_resumable<O: Oracle + ?Sized>(
             brute_check,
             sign_confidence: signs.confidence.clone(),
             low_confidence: lowc,
-            max_null_residual: sig.neurons.iter().map(|n| n.residual).fold(0.0, f64::max),
-            partially_constrained: (0..found)
-                .filter(|&k| !sig.neurons[k].unconstrained.is_empty())
+            max_null_residual: kept
+                .iter()
+                .map(|&k| sig.neurons[k].residual)
+                .fold(0.0, f64::max),
+            partially_constrained: (0..kept.len())
+                .filter(|&r| !sig.neurons[kept[r]].unconstrained.is_empty())
                 .collect(),
         };
         tracing::info!(
