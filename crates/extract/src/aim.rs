@@ -12,12 +12,11 @@
 
 use crate::error::ExtractError;
 use crate::known::KnownPrefix;
+use crate::layer::random_inputs;
 use crate::linalg::lstsq;
 use crate::oracle::{CountingOracle, Oracle};
 use faer::Mat;
-use rand::Rng;
 use rand_chacha::ChaCha20Rng;
-use rand_distr::StandardNormal;
 
 /// Relative residual (of max |f| on the pool) below which an input counts as explained. Exact
 /// targets fit to ~1e-9 once every neuron is found (the estimates' own error); a missing neuron leaves
@@ -53,13 +52,7 @@ impl ResidualPool {
         rng: &mut ChaCha20Rng,
     ) -> Result<Self, ExtractError> {
         let d0 = known.input_dim;
-        let xs: Vec<Vec<f64>> = (0..n)
-            .map(|_| {
-                (0..d0)
-                    .map(|_| sigma * rng.sample::<f64, _>(StandardNormal))
-                    .collect()
-            })
-            .collect();
+        let xs = random_inputs(rng, n, d0, sigma, &[1.0]);
         let answers = oracle.query_points(&xs)?;
         let dim = known.out_dim();
         let h = known.forward_rows(&xs);

@@ -81,6 +81,25 @@ pub fn random_line(rng: &mut ChaCha20Rng, d0: usize, sigma: f64) -> Line {
     Line { origin, dir }
 }
 
+/// `n` random inputs `~ N(0, (σ·scales[i mod len])²)` of width `d0`, drawn coordinate by coordinate
+/// in order (the stream every sampling stage of the attack shares).
+pub fn random_inputs(
+    rng: &mut ChaCha20Rng,
+    n: usize,
+    d0: usize,
+    sigma: f64,
+    scales: &[f64],
+) -> Vec<Vec<f64>> {
+    (0..n)
+        .map(|i| {
+            let s = sigma * scales[i % scales.len()];
+            (0..d0)
+                .map(|_| s * rng.sample::<f64, _>(StandardNormal))
+                .collect()
+        })
+        .collect()
+}
+
 /// Splits `[-L, L]` at the known kinks of the line, leaving a small margin around each.
 pub fn free_segments(
     known: &KnownPrefix,

@@ -2,13 +2,12 @@
 
 use crate::error::ExtractError;
 use crate::known::KnownPrefix;
+use crate::layer::random_inputs;
 use crate::linalg::lstsq;
 use crate::oracle::{CountingOracle, Oracle};
 use faer::Mat;
 use netxray_relu::Layer;
-use rand::Rng;
 use rand_chacha::ChaCha20Rng;
-use rand_distr::StandardNormal;
 
 /// Fits `f(x) = V h(x) + c` on fresh random queries. Returns the layer and the max abs residual
 /// relative to max |f| on the fitting set.
@@ -21,13 +20,7 @@ pub fn fit_output<O: Oracle + ?Sized>(
     let d0 = known.input_dim;
     let dh = known.out_dim();
     let n = (4 * (dh + 1)).max(512);
-    let xs: Vec<Vec<f64>> = (0..n)
-        .map(|_| {
-            (0..d0)
-                .map(|_| sigma * rng.sample::<f64, _>(StandardNormal))
-                .collect()
-        })
-        .collect();
+    let xs = random_inputs(rng, n, d0, sigma, &[1.0]);
     let ys = oracle.query_points(&xs)?;
     let hs = known.forward_rows(&xs);
     // Units that never fire on the fitting set (dead ones) get zero outgoing weights: their column is

@@ -7,13 +7,12 @@
 use super::SignOutcome;
 use crate::error::ExtractError;
 use crate::known::KnownPrefix;
+use crate::layer::random_inputs;
 use crate::linalg::{dot, lstsq, norm, null_vector};
 use crate::oracle::{CountingOracle, Oracle};
 use faer::Mat;
 use netxray_relu::Layer;
-use rand::Rng;
 use rand_chacha::ChaCha20Rng;
-use rand_distr::StandardNormal;
 
 /// Runs the method; `None` when the features are not identifiable (too wide a layer).
 pub fn recover<O: Oracle + ?Sized>(
@@ -30,14 +29,7 @@ pub fn recover<O: Oracle + ?Sized>(
     let q0 = oracle.queries();
     // Several input scales: a neuron whose hyperplane lies far out still changes state on some samples.
     let scales = [0.5, 1.0, 2.0, 4.0, 8.0];
-    let xs: Vec<Vec<f64>> = (0..n)
-        .map(|i| {
-            let s = sigma * scales[i % scales.len()];
-            (0..d0)
-                .map(|_| s * rng.sample::<f64, _>(StandardNormal))
-                .collect()
-        })
-        .collect();
+    let xs = random_inputs(rng, n, d0, sigma, &scales);
     let ys = oracle.query_points(&xs)?;
     let hs = known.forward_rows(&xs);
     let z: Vec<Vec<f64>> = hs
@@ -216,14 +208,7 @@ pub fn always_on<O: Oracle + ?Sized>(
     let n = (8 * (found + dim + 1)).max(ALWAYS_ON_SAMPLES);
     let q0 = oracle.queries();
     let scales = [1.0, 4.0, 16.0, 64.0];
-    let xs: Vec<Vec<f64>> = (0..n)
-        .map(|i| {
-            let s = sigma * scales[i % scales.len()];
-            (0..d0)
-                .map(|_| s * rng.sample::<f64, _>(StandardNormal))
-                .collect()
-        })
-        .collect();
+    let xs = random_inputs(rng, n, d0, sigma, &scales);
     let ys = oracle.query_points(&xs)?;
     let hs: Vec<Vec<f64>> = known
         .forward_rows(&xs)
