@@ -15,9 +15,10 @@ use std::path::PathBuf;
 /// Arguments of `extract`.
 #[derive(Debug, Args)]
 pub struct ExtractArgs {
-    /// Target: a model file (.safetensors or .npz), or the URL of a prediction API
-    /// (`http://host:port`, e.g. one started by `netxray serve`). The attack only queries it through
-    /// the oracle interface; a file is read to serve answers, never shown to the attack.
+    /// Target: a model file (.safetensors, .npz, or .onnx — evaluated by the tract ONNX runtime in
+    /// float32), or the URL of a prediction API (`http://host:port`, e.g. one started by `netxray
+    /// serve`). The attack only queries it through the oracle interface; a file is read to serve
+    /// answers, never shown to the attack.
     #[arg(long)]
     pub target: PathBuf,
     /// Architecture of the target (e.g. 784-128-10); defaults to the widths the model file declares,
@@ -100,6 +101,7 @@ pub fn run(a: ExtractArgs) -> Result<()> {
     // Declared here so that the chosen oracle outlives the borrow below; only one is initialised.
     let http: HttpOracle;
     let local: NetworkOracle;
+    let onnx: OnnxOracle;
     let (oracle, arch): (&dyn Oracle, Arch) = match url {
         Some(url) => {
             let token = a.token.clone().or_else(|| {
@@ -124,6 +126,13 @@ pub fn run(a: ExtractArgs) -> Result<()> {
             };
             remote = Some(&http);
             (&http, arch)
+        }
+        None if netxray_onnx::is_onnx_path(&a.target) => {
+            let model = netxray_onnx::OnnxMlp::load(&a.target)?;
+            let arch = a.arch.clone().unwrap_or_else(|| model.network().arch());
+            tracing::info!("ONNX target: answered by the tract runtime in f32 arithmetic");
+            onnx = OnnxOracle(model);
+            (&onnx, arch)
         }
         None => {
             let net = load_network(&a.target)
@@ -389,4 +398,26 @@ fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     ));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
+}
+
+/// An ONNX file behind the [`Oracle`] trait: answers come from the ONNX runtime; the weights it
+/// holds stay private to this wrapper.
+struct OnnxOracle(netxray_onnx::OnnxMlp);
+
+impl Oracle for OnnxOracle {
+    fn input_dim(&self) -> usize {
+        self.0.input_dim()
+    }
+    fn output_dim(&self) -> usize {
+        self.0.output_dim()
+    }
+    fn query_batch(&self, xs: faer::MatRef<'_, f64>) -> Result<faer::Mat<f64>, OracleError> {
+        self.0.forward(xs).map_err(|e| match e {
+            netxray_onnx::OnnxError::BadInput(m) if m.contains("non-finite") => {
+                OracleError::NonFinite
+            }
+            netxray_onnx::OnnxError::BadInput(m) => OracleError::BadAnswer(m),
+            other => OracleError::Unavailable(other.to_string()),
+        })
+    }
 }

@@ -21,7 +21,8 @@ pub struct NewArgs {
     /// (unit-norm rows, each neuron active on about half of the standard-normal inputs).
     #[arg(long, default_value = "he")]
     pub init: InitRecipe,
-    /// Output file (canonical safetensors).
+    /// Output file: canonical safetensors, or an ONNX MLP (`Gemm`/`Relu`, f32 weights) when it ends
+    /// in `.onnx`.
     #[arg(long)]
     pub out: PathBuf,
     /// Store f32 instead of f64.
@@ -87,7 +88,11 @@ fn test_inputs(kind: netxray_data::DatasetKind, dir: &std::path::Path) -> Result
     }))
 }
 
-fn load(p: &std::path::Path) -> Result<Network> {
+/// Loads a model file: safetensors, npz, or ONNX (its weights, read from the validated graph).
+pub(crate) fn load(p: &std::path::Path) -> Result<Network> {
+    if netxray_onnx::is_onnx_path(p) {
+        return Ok(netxray_onnx::OnnxMlp::load(p)?.network().clone());
+    }
     load_network(p).map_err(|e| match e {
         // These already name the file.
         ReluError::BadFile { .. } | ReluError::Io { .. } => anyhow::Error::new(e),
@@ -103,8 +108,13 @@ pub fn new(a: NewArgs) -> Result<()> {
     } else {
         SaveDtype::F64
     };
-    save_network(&a.out, &net, dtype)
-        .with_context(|| format!("cannot write {}", a.out.display()))?;
+    if netxray_onnx::is_onnx_path(&a.out) {
+        // ONNX deployments are float32: the file holds the weights rounded to f32.
+        netxray_onnx::save_onnx(&a.out, &net)?;
+    } else {
+        save_network(&a.out, &net, dtype)
+            .with_context(|| format!("cannot write {}", a.out.display()))?;
+    }
     println!(
         "wrote {} ({}, {} parameters)",
         a.out.display(),

@@ -40,6 +40,15 @@ pub struct ServeArgs {
 
 /// Runs `serve` until SIGINT or SIGTERM.
 pub fn run(a: ServeArgs) -> Result<()> {
+    if netxray_onnx::is_onnx_path(&a.model) {
+        // The server answers with its own f64 forward pass; an ONNX file must be answered by the
+        // ONNX runtime, which the server does not embed yet.
+        anyhow::bail!(
+            "{}: serve reads .safetensors and .npz models; attack an ONNX file directly with `netxray extract --target {}`",
+            a.model.display(),
+            a.model.display()
+        );
+    }
     let net = load_network(&a.model)
         .with_context(|| format!("cannot load model {}", a.model.display()))?;
     let token = a.token.or_else(|| {

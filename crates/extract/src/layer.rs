@@ -20,7 +20,7 @@ const STALE_ROUNDS: usize = 4;
 /// Spread of the validation lines aimed near an estimate's own witnesses, relative to the data scale
 /// (`origin_scale`): far enough that the predicted crossing lies in other activation regions, near
 /// enough that a rarely active neuron's hyperplane is still met.
-const LOCAL_OFFSET: f64 = 0.5;
+pub(crate) const LOCAL_OFFSET: f64 = 0.5;
 
 /// ChaCha stream of the residual pool's inputs (any value other than the main stream's 0).
 const AIM_STREAM: u64 = 0xA1;
@@ -700,6 +700,16 @@ pub fn recover_layer<O: Oracle + ?Sized>(
     // Precision refinement: predicted crossings on fresh lines, confirmed by a short local search.
     let q0 = oracle.queries();
     refine(oracle, known, &mut accepted, p, rng, half, search_tol)?;
+    // Noisy targets: let the precisely located crossings, not the signatures, set the hyperplanes.
+    let polished = crate::polish::polish(oracle, known, &mut accepted, p, rng, half, search_tol)?;
+    if p.polish_rounds > 0 {
+        tracing::info!(
+            placed = polished.placed,
+            used = polished.used,
+            worst_median = polished.worst_median,
+            "hyperplanes polished"
+        );
+    }
     out.refine_queries += oracle.queries() - q0;
     out.neurons = accepted
         .iter()
@@ -717,6 +727,36 @@ pub fn recover_layer<O: Oracle + ?Sized>(
     Ok(out)
 }
 
+/// The first crossing of the hyperplane `θ = (w, b)` (on the known prefix's output) with `line` in
+/// `[-half, half]`, as `(t, w)`: the predicted `t` and the half-width of a search window around it
+/// that stays inside one activation region of the prefix (at most `window·half`).
+pub(crate) fn predicted_crossing(
+    known: &KnownPrefix,
+    theta: &[f64],
+    line: &Line,
+    half: f64,
+    window: f64,
+) -> Option<(f64, f64)> {
+    let dim = known.out_dim();
+    let mut bps = vec![-half];
+    bps.extend(known.kinks_on_line(&line.origin, &line.dir, -half, half));
+    bps.push(half);
+    let pts: Vec<Vec<f64>> = bps.iter().map(|&t| line.at(t)).collect();
+    let hs = known.forward_rows(&pts);
+    let z: Vec<f64> = hs
+        .iter()
+        .map(|(_, h)| dot(&theta[..dim], h) + theta[dim])
+        .collect();
+    (0..bps.len() - 1).find_map(|j| {
+        if (z[j] > 0.0) == (z[j + 1] > 0.0) {
+            return None;
+        }
+        let t = bps[j] + (bps[j + 1] - bps[j]) * z[j] / (z[j] - z[j + 1]);
+        let room = (t - bps[j]).min(bps[j + 1] - t);
+        (room > 1e-6 * half).then(|| (t, (0.5 * room).min(window * half)))
+    })
+}
+
 /// Places `refine_points` predicted crossings per neuron on fresh lines and adds the confirmed ones.
 fn refine<O: Oracle + ?Sized>(
     oracle: &CountingOracle<'_, O>,
@@ -731,30 +771,12 @@ fn refine<O: Oracle + ?Sized>(
     if p.refine_points == 0 || est.is_empty() {
         return Ok(tally);
     }
-    let dim = known.out_dim();
     let d0 = known.input_dim;
     let mut lines: Vec<Line> = Vec::new();
     let mut segs: Vec<(usize, f64, f64)> = Vec::new();
     let mut owner: Vec<(usize, f64)> = Vec::new(); // per segment: estimate index, predicted t
-    // The first crossing of the estimate's hyperplane on `line` with room for a search window.
-    let crossing = |e: &NeuronEstimate, line: &Line| -> Option<(f64, f64)> {
-        let mut bps = vec![-half];
-        bps.extend(known.kinks_on_line(&line.origin, &line.dir, -half, half));
-        bps.push(half);
-        let pts: Vec<Vec<f64>> = bps.iter().map(|&t| line.at(t)).collect();
-        let hs = known.forward_rows(&pts);
-        let z: Vec<f64> = hs
-            .iter()
-            .map(|(_, h)| dot(&e.theta[..dim], h) + e.theta[dim])
-            .collect();
-        (0..bps.len() - 1).find_map(|j| {
-            if (z[j] > 0.0) == (z[j + 1] > 0.0) {
-                return None;
-            }
-            let t = bps[j] + (bps[j + 1] - bps[j]) * z[j] / (z[j] - z[j + 1]);
-            let room = (t - bps[j]).min(bps[j + 1] - t);
-            (room > 1e-6 * half).then(|| (t, (0.5 * room).min(p.refine_window * half)))
-        })
+    let crossing = |e: &NeuronEstimate, line: &Line| {
+        predicted_crossing(known, &e.theta, line, half, p.refine_window)
     };
     for (ei, e) in est.iter().enumerate() {
         let mut placed = 0;
@@ -800,11 +822,10 @@ fn refine<O: Oracle + ?Sized>(
             .iter()
             .filter(|c| c.line == segs[si].0)
             .min_by(|a, b| (a.t - t_pred).abs().total_cmp(&(b.t - t_pred).abs()));
-        // The kink found must be the predicted one: within a small part of the window (1e-3 of it for
-        // f64 estimates, accurate to ~1e-10; half of it for f32 ones, accurate to ~1e-4). The
+        // The kink found must be the predicted one: within `refine_match` of the window. The
         // hyperplane test below is the real check.
         if let Some(c) = best
-            && (c.t - t_pred).abs() <= (1e5 * p.plane_tol).min(0.5) * w
+            && (c.t - t_pred).abs() <= p.refine_match * w
         {
             let x = lines[c.line].at(c.t);
             let (_, h) = known
@@ -817,7 +838,11 @@ fn refine<O: Oracle + ?Sized>(
                 .plane_distance(&h)
                 .is_some_and(|d| d <= p.null_residual_max)
             {
-                est[ei].add_point(&h, usize::MAX - si);
+                // Noisy targets: a point at the confirmation distance would pull a signature-based
+                // estimate off by as much; the polishing stage fits the hyperplanes robustly instead.
+                if p.polish_rounds == 0 {
+                    est[ei].add_point(&h, usize::MAX - si);
+                }
                 tally[ei].1 += 1;
             }
         }

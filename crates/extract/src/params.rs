@@ -155,6 +155,12 @@ pub struct ExtractParams {
     /// (signature rows then barely count while too few hyperplane points are confirmed).
     #[serde(default = "defaults::hyperplane_weight")]
     pub hyperplane_weight: f64,
+    /// A kink found in a refinement window counts as the predicted crossing only within this
+    /// fraction of the window's half-width from the prediction. Default 1e-3 (f64 estimates predict
+    /// to ~1e-10, so anything farther is another kink); f32: 0.5 (signature-based estimates predict
+    /// to ~1e-2 of the window, and the hyperplane-distance test after it is the real check).
+    #[serde(default = "defaults::refine_match")]
+    pub refine_match: f64,
     /// Relative distance below which a critical point is taken to lie on an estimate's hyperplane.
     /// Default 1e-8 (f64): single-witness estimates are accurate to ~1e-10 and points of other neurons
     /// sit O(1) away; equal to the null-space residual bound, so an attached point cannot spoil the
@@ -196,6 +202,12 @@ pub struct ExtractParams {
     /// balanced 784-16×8-1 the plain wiggle got 1–4 signs per 16-wide layer wrong without it.
     #[serde(default)]
     pub isolated_wiggles: usize,
+    /// Rounds of hyperplane polishing after refinement ([`crate::polish`]): predicted crossings on
+    /// fresh lines, and each neuron refitted through all confirmed ones. Default 0 (f64: signatures
+    /// are already at ~1e-11); f32: 3 (signatures at ~1e-3, crossings at ~1e-6; each round costs
+    /// about `2·(dim+1)` local searches per neuron).
+    #[serde(default)]
+    pub polish_rounds: usize,
     /// Query budget (None: unlimited).
     pub max_queries: Option<u64>,
     /// Worker threads (None: rayon default = all cores).
@@ -218,6 +230,9 @@ mod defaults {
         1e-8
     }
     pub fn refine_window() -> f64 {
+        1e-3
+    }
+    pub fn refine_match() -> f64 {
         1e-3
     }
     pub fn hyperplane_weight() -> f64 {
@@ -292,6 +307,7 @@ impl Default for ExtractParamsBuilder {
                 wiggle_samples: 24,
                 refine_window: defaults::refine_window(),
                 hyperplane_weight: defaults::hyperplane_weight(),
+                refine_match: defaults::refine_match(),
                 plane_tol: defaults::plane_tol(),
                 rank_one_tol: defaults::rank_one_tol(),
                 noise_rel: defaults::noise_rel(),
@@ -299,6 +315,7 @@ impl Default for ExtractParamsBuilder {
                 noise_floor: 0.0,
                 brute_check: true,
                 isolated_wiggles: 4,
+                polish_rounds: 0,
                 max_queries: None,
                 threads: None,
             },
@@ -341,6 +358,7 @@ impl ExtractParamsBuilder {
     setter!(sign_min_votes, usize);
     setter!(wiggle_samples, usize);
     setter!(refine_window, f64);
+    setter!(refine_match, f64);
     setter!(hyperplane_weight, f64);
     setter!(plane_tol, f64);
     setter!(rank_one_tol, f64);
@@ -348,6 +366,7 @@ impl ExtractParamsBuilder {
     setter!(noise_floor, f64);
     setter!(brute_check, bool);
     setter!(isolated_wiggles, usize);
+    setter!(polish_rounds, usize);
     setter!(verify_rel_tol, f64);
     setter!(max_queries, Option<u64>);
     setter!(threads, Option<usize>);
@@ -376,11 +395,13 @@ impl ExtractParamsBuilder {
         p.stencil_shrink = d.stencil_shrink;
         p.stencil_tries = d.stencil_tries;
         p.refine_window = d.refine_window;
+        p.refine_match = d.refine_match;
         p.hyperplane_weight = d.hyperplane_weight;
         p.plane_tol = d.plane_tol;
         p.rank_one_tol = d.rank_one_tol;
         p.noise_rel = d.noise_rel;
         p.verify_rel_tol = d.verify_rel_tol;
+        p.polish_rounds = d.polish_rounds;
         if precision == Precision::F32 {
             p.linearity_rel_tol = 1e-5;
             p.min_interval_rel = 1e-6;
@@ -390,9 +411,11 @@ impl ExtractParamsBuilder {
             p.stencil_shrink = 0.3;
             p.stencil_tries = 3;
             p.refine_window = 1e-2;
+            p.refine_match = 0.5;
             p.rank_one_tol = 1e-2;
             p.noise_rel = 1e-5;
             p.verify_rel_tol = 1e-4;
+            p.polish_rounds = 3;
         }
         self
     }
@@ -425,6 +448,9 @@ impl ExtractParamsBuilder {
         pos("hyperplane_weight", p.hyperplane_weight)?;
         if !(p.refine_window > 0.0 && p.refine_window < 0.5) {
             return Err(bad("refine_window", "must be in (0, 0.5)"));
+        }
+        if !(p.refine_match > 0.0 && p.refine_match <= 1.0) {
+            return Err(bad("refine_match", "must be in (0, 1]"));
         }
         pos("rank_one_tol", p.rank_one_tol)?;
         pos("noise_rel", p.noise_rel)?;
@@ -553,6 +579,8 @@ mod tests {
             (b().threads(Some(0)), "threads"),
             (b().plane_tol(0.0), "plane_tol"),
             (b().refine_window(0.5), "refine_window"),
+            (b().refine_match(0.0), "refine_match"),
+            (b().refine_match(1.5), "refine_match"),
             (b().hyperplane_weight(0.0), "hyperplane_weight"),
             (b().rank_one_tol(f64::NAN), "rank_one_tol"),
             (b().noise_rel(-1e-9), "noise_rel"),
