@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use netxray_oracle_http::{Server, ServerConfig};
+use netxray_oracle_http::{Predictor, Server, ServerConfig};
 use netxray_relu::format::load_network;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -11,7 +11,7 @@ use std::path::PathBuf;
 /// Arguments of `serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Model file to serve (.safetensors or .npz).
+    /// Model file to serve (.safetensors, .npz, or .onnx — answered by the tract ONNX runtime).
     #[arg(long)]
     pub model: PathBuf,
     /// Address to listen on. Loopback by default; port 0 picks a free port (the bound address is
@@ -40,17 +40,15 @@ pub struct ServeArgs {
 
 /// Runs `serve` until SIGINT or SIGTERM.
 pub fn run(a: ServeArgs) -> Result<()> {
-    if netxray_onnx::is_onnx_path(&a.model) {
-        // The server answers with its own f64 forward pass; an ONNX file must be answered by the
-        // ONNX runtime, which the server does not embed yet.
-        anyhow::bail!(
-            "{}: serve reads .safetensors and .npz models; attack an ONNX file directly with `netxray extract --target {}`",
-            a.model.display(),
-            a.model.display()
-        );
-    }
-    let net = load_network(&a.model)
-        .with_context(|| format!("cannot load model {}", a.model.display()))?;
+    let net = if netxray_onnx::is_onnx_path(&a.model) {
+        // Answered by the ONNX runtime (float32), as the deployed file would be.
+        Model::Onnx(netxray_onnx::OnnxMlp::load(&a.model)?)
+    } else {
+        Model::Relu(
+            load_network(&a.model)
+                .with_context(|| format!("cannot load model {}", a.model.display()))?,
+        )
+    };
     let token = a.token.or_else(|| {
         std::env::var("NETXRAY_TOKEN")
             .ok()
@@ -72,7 +70,10 @@ pub fn run(a: ServeArgs) -> Result<()> {
         );
     }
     let (d_in, d_out) = (net.input_dim(), net.output_dim());
-    let server = Server::new(net, cfg);
+    let server = match net {
+        Model::Relu(n) => Server::new(n, cfg),
+        Model::Onnx(m) => Server::new(OnnxPredictor(m), cfg),
+    };
     let handle = server.clone();
     server.run_until_signal(a.addr, |addr| {
         // Tests and scripts read this line to learn the port.
@@ -81,4 +82,43 @@ pub fn run(a: ServeArgs) -> Result<()> {
     })?;
     println!("stopped after answering {} queries", handle.queries_used());
     Ok(())
+}
+
+/// The model file being served.
+enum Model {
+    Relu(netxray_relu::Network),
+    Onnx(netxray_onnx::OnnxMlp),
+}
+
+impl Model {
+    fn input_dim(&self) -> usize {
+        match self {
+            Model::Relu(n) => n.input_dim(),
+            Model::Onnx(m) => m.input_dim(),
+        }
+    }
+    fn output_dim(&self) -> usize {
+        match self {
+            Model::Relu(n) => n.output_dim(),
+            Model::Onnx(m) => m.output_dim(),
+        }
+    }
+}
+
+/// An ONNX file served through the tract runtime.
+struct OnnxPredictor(netxray_onnx::OnnxMlp);
+
+impl Predictor for OnnxPredictor {
+    fn input_dim(&self) -> usize {
+        self.0.input_dim()
+    }
+    fn output_dim(&self) -> usize {
+        self.0.output_dim()
+    }
+    fn arch(&self) -> String {
+        self.0.network().arch().to_string()
+    }
+    fn predict(&self, xs: faer::MatRef<'_, f64>) -> Result<faer::Mat<f64>, String> {
+        self.0.forward(xs).map_err(|e| e.to_string())
+    }
 }

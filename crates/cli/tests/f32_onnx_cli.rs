@@ -103,7 +103,7 @@ fn f32_safetensors_and_onnx_targets_are_extracted_functionally() {
 }
 
 #[test]
-fn unsupported_onnx_graphs_and_serving_onnx_are_one_line_errors() {
+fn unreadable_onnx_files_are_one_line_errors() {
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.onnx");
     std::fs::write(&junk, b"\x08\x07not an onnx model at all\xff\xff").unwrap();

@@ -243,3 +243,72 @@ fn clear_errors_for_hidden_arch_wrong_token_and_unreachable_targets() {
         "{e}"
     );
 }
+
+#[test]
+fn an_onnx_file_is_served_through_its_runtime_and_extracted_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m.onnx");
+    let s = dir.path().join("s.safetensors");
+    let r = dir.path().join("r.json");
+    let (m, s, r) = (
+        m.to_str().unwrap(),
+        s.to_str().unwrap(),
+        r.to_str().unwrap(),
+    );
+    let out = netxray(&[
+        "model",
+        "new",
+        "--arch",
+        "24-12-12-4",
+        "--init",
+        "balanced",
+        "--seed",
+        "5",
+        "--out",
+        m,
+    ]);
+    assert!(out.status.success());
+    let served = Served::start(m, &["--expose-arch"]);
+    let out = netxray(&[
+        "extract",
+        "--target",
+        &served.url,
+        "--out",
+        s,
+        "--report",
+        r,
+        "--seed",
+        "1",
+        "--precision",
+        "auto",
+    ]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("precision: f32 tolerances"), "{text}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(r).unwrap()).unwrap();
+    let rest = served.terminate();
+    assert!(
+        rest.contains(&format!(
+            "stopped after answering {} queries",
+            report["total_queries"]
+        )),
+        "{rest} vs {}",
+        report["total_queries"]
+    );
+    let cmp = netxray(&[
+        "model",
+        "compare",
+        "--truth",
+        m,
+        "--candidate",
+        s,
+        "--json",
+        "--samples",
+        "20000",
+    ]);
+    assert!(cmp.status.success());
+    let c: serde_json::Value = serde_json::from_slice(&cmp.stdout).unwrap();
+    assert!(c["max_output_error_rel"].as_f64().unwrap() <= 1e-4, "{c}");
+}

@@ -23,7 +23,7 @@ pub mod wire;
 pub use client::{ClientStats, HttpOracle};
 pub use config::{ClientConfig, ClientConfigBuilder, ServerConfig, ServerConfigBuilder};
 pub use rounding::{RoundingDetector, RoundingGuard, Verdict, detect_rounding};
-pub use server::{RunningServer, Server};
+pub use server::{Predictor, RunningServer, Server};
 pub use wire::{ErrorBody, ServerInfo};
 
 /// Errors of configuring and running the server.

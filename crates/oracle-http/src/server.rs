@@ -24,8 +24,36 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+/// What the server answers with: a batched forward pass and its widths. Implemented for
+/// [`Network`] (our f64 forward pass); other runtimes (an ONNX file) plug in through it.
+pub trait Predictor: Send + Sync + 'static {
+    /// Input width.
+    fn input_dim(&self) -> usize;
+    /// Output width.
+    fn output_dim(&self) -> usize;
+    /// Architecture string (shown in `/v1/info` only with `expose_arch`).
+    fn arch(&self) -> String;
+    /// One output row per input row; the message of an error is sent back with a 422.
+    fn predict(&self, xs: faer::MatRef<'_, f64>) -> Result<faer::Mat<f64>, String>;
+}
+
+impl Predictor for Network {
+    fn input_dim(&self) -> usize {
+        Network::input_dim(self)
+    }
+    fn output_dim(&self) -> usize {
+        Network::output_dim(self)
+    }
+    fn arch(&self) -> String {
+        Network::arch(self).to_string()
+    }
+    fn predict(&self, xs: faer::MatRef<'_, f64>) -> Result<faer::Mat<f64>, String> {
+        self.forward(xs).map_err(|e| e.to_string())
+    }
+}
+
 struct AppState {
-    net: Network,
+    net: Box<dyn Predictor>,
     cfg: ServerConfig,
     arch: String,
     used: AtomicU64,
@@ -41,11 +69,11 @@ pub struct Server {
 
 impl Server {
     /// Serves `net` under the limits of `cfg`.
-    pub fn new(net: Network, cfg: ServerConfig) -> Self {
-        let arch = net.arch().to_string();
+    pub fn new(net: impl Predictor, cfg: ServerConfig) -> Self {
+        let arch = net.arch();
         Self {
             state: Arc::new(AppState {
-                net,
+                net: Box::new(net),
                 cfg,
                 arch,
                 used: AtomicU64::new(0),
@@ -542,15 +570,11 @@ fn answer_batch(state: &AppState, bytes: &[u8]) -> Response {
         Ok(r) => r,
         Err(used) => return budget_refusal(cfg.max_queries.unwrap_or(u64::MAX), used, Some(n)),
     };
-    let mut ys = match state.net.forward(xs.as_ref()) {
+    let mut ys = match state.net.predict(xs.as_ref()) {
         Ok(y) => y,
         // Unreachable after decode_matrix checked the width; kept as a refusal rather than a panic.
         Err(e) => {
-            return refuse(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                code::INVALID_INPUT,
-                e.to_string(),
-            );
+            return refuse(StatusCode::UNPROCESSABLE_ENTITY, code::INVALID_INPUT, e);
         }
     };
     for j in 0..ys.ncols() {
