@@ -364,6 +364,21 @@ fn is_complete(e: &NeuronEstimate, alive: &[bool], p: &ExtractParams, following:
         && e.known.iter().zip(alive).all(|(k, a)| *k || !*a)
 }
 
+/// Do `a` and `b` describe the same hyperplane: parallel on every coordinate both constrain (at
+/// least `min_common_coords` of them), to within the hyperplane tolerance or, on noisy targets, the
+/// distance at which two signatures count as one neuron (1 − cos ≈ diff²/2)?
+fn same_hyperplane(a: &NeuronEstimate, b: &NeuronEstimate, p: &ExtractParams) -> bool {
+    let dim = a.known.len();
+    let common: Vec<usize> = (0..dim).filter(|&k| a.known[k] && b.known[k]).collect();
+    if common.len() < p.min_common_coords {
+        return false;
+    }
+    let va: Vec<f64> = common.iter().map(|&k| a.theta[k]).collect();
+    let vb: Vec<f64> = common.iter().map(|&k| b.theta[k]).collect();
+    let d = dot(&va, &vb) / (norm(&va) * norm(&vb));
+    d.abs() > 1.0 - p.plane_tol.max(0.5 * p.cluster_tol * p.cluster_tol)
+}
+
 /// Recovers the rows of hidden layer `known.layers.len() + 1` of width `width`.
 pub fn recover_layer<O: Oracle + ?Sized>(
     oracle: &CountingOracle<'_, O>,
@@ -626,13 +641,19 @@ pub fn recover_layer<O: Oracle + ?Sized>(
             bank.estimates
                 .retain(|e| validated.get(&est_key(e)) != Some(&false));
         }
-        let done = bank
-            .estimates
-            .iter()
-            .filter(|e| {
-                validated.get(&est_key(e)) == Some(&true) && is_complete(e, &alive, p, &following)
-            })
-            .count();
+        // Distinct hyperplanes only: on noisy targets two estimates of one neuron can both be
+        // validated without merging (an f32 100-50-20-10 counted 50 of 50 in layer 1 with three
+        // such pairs, stopped, and accepted 47).
+        let mut counted: Vec<&NeuronEstimate> = Vec::new();
+        for e in &bank.estimates {
+            if validated.get(&est_key(e)) == Some(&true)
+                && is_complete(e, &alive, p, &following)
+                && !counted.iter().any(|c| same_hyperplane(c, e, p))
+            {
+                counted.push(e);
+            }
+        }
+        let done = counted.len();
         on_progress(done.min(width), width);
         tracing::debug!(
             round,
@@ -681,18 +702,7 @@ pub fn recover_layer<O: Oracle + ?Sized>(
     for c in cands {
         // Same hyperplane: parallel on every coordinate both constrain (a fragment of a neuron that
         // was completed elsewhere must not take the place of a missing one).
-        let dup = accepted.iter().any(|a| {
-            let common: Vec<usize> = (0..dim).filter(|&k| a.known[k] && c.known[k]).collect();
-            if common.len() < p.min_common_coords {
-                return false;
-            }
-            let va: Vec<f64> = common.iter().map(|&k| a.theta[k]).collect();
-            let vc: Vec<f64> = common.iter().map(|&k| c.theta[k]).collect();
-            let d = dot(&va, &vc) / (norm(&va) * norm(&vc));
-            // Parallel to within the hyperplane tolerance, or (noisy targets) within the distance at
-            // which two signatures count as one neuron (1 − cos ≈ diff²/2).
-            d.abs() > 1.0 - p.plane_tol.max(0.5 * p.cluster_tol * p.cluster_tol)
-        });
+        let dup = accepted.iter().any(|a| same_hyperplane(a, &c, p));
         if !dup && accepted.len() < width {
             accepted.push(c);
         }
