@@ -21,7 +21,8 @@ targets=()
 for m in 10-15-15-1 40-20-10-10-1 784-32-1; do
   [ -f "$MODELS/cjm_${m}_seed42.npz" ] && targets+=("ref:$m|$MODELS/cjm_${m}_seed42.npz")
 done
-for spec in "10-20-20-1 balanced" "20-40-40-10 balanced" "40-20-10-10-1 he" "64-32-32-32-10 balanced" \
+for spec in "10-20-20-1 balanced" "10-20-20-1 cjm" "20-40-40-10 balanced" "20-40-40-10 he" "40-20-10-10-1 he" \
+  "64-32-32-32-10 balanced" \
   "64-128-128-10 balanced" "64-128-128-128-10 balanced" "784-64-64-64-10 balanced"; do
   set -- $spec
   "$BIN" model new --arch "$1" --init "$2" --seed 7 --out "$WORK/$1-$2.safetensors" >/dev/null

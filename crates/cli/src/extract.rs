@@ -66,6 +66,11 @@ pub struct ExtractArgs {
     /// rarely active (or almost-always-on) neuron is still missing. 0 = off.
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub residual_aim_points: usize,
+    /// Rounds of hyperplane polishing per layer: every neuron's hyperplane refitted through about
+    /// 2·(width+1) predicted crossings on fresh lines per round (0 = off). Default: the precision
+    /// preset's (f64 1, f32 3). Needs an explicit --precision f64|f32.
+    #[arg(long, value_name = "N")]
+    pub polish_rounds: Option<usize>,
     /// Skip the brute-force sign cross-check of hidden layers of width ≤ 16 (by default all 2^w sign
     /// patterns are scored against measured gradients; a decisive disagreement corrects the signs,
     /// an indecisive one flags the neurons as low confidence).
@@ -169,6 +174,10 @@ pub fn run(a: ExtractArgs) -> Result<()> {
     // Watches the first answers: a target that rounds its outputs stops the attack early with a clear
     // message (exact extraction is impossible there) instead of ending in a wrong model.
     let oracle = RoundingGuard::new(oracle);
+    if a.polish_rounds.is_some() && a.precision == Precision::Auto {
+        // The probe picks the preset, and with it the rounds, only once the attack runs.
+        bail!("--polish-rounds needs --precision f64 or f32 (with auto the chosen preset sets it)");
+    }
     let params = ExtractParams::builder()
         .seed(a.seed)
         .threads(a.threads)
@@ -178,8 +187,12 @@ pub fn run(a: ExtractArgs) -> Result<()> {
         .precision(a.precision)
         .brute_check(!a.no_brute_check)
         .isolated_wiggles(a.isolated_wiggles)
-        .residual_aim_points(a.residual_aim_points)
-        .build()?;
+        .residual_aim_points(a.residual_aim_points);
+    let params = match a.polish_rounds {
+        Some(n) => params.polish_rounds(n),
+        None => params,
+    }
+    .build()?;
     if let Some(t) = a.threads {
         // A second initialisation (e.g. in tests) is harmless: keep the existing pool.
         let _ = rayon_pool(t);

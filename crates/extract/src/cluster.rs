@@ -92,7 +92,7 @@ fn unit(v: Vec<f64>) -> Option<Vec<f64>> {
 }
 
 impl NeuronEstimate {
-    fn new(dim: usize, hyperplane_weight: f64) -> Self {
+    pub(crate) fn new(dim: usize, hyperplane_weight: f64) -> Self {
         Self {
             hyperplane_weight,
             rows: Vec::new(),

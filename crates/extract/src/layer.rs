@@ -7,7 +7,7 @@ use crate::error::ExtractError;
 use crate::known::KnownPrefix;
 use crate::linalg::{dot, norm};
 use crate::oracle::{CountingOracle, Oracle};
-use crate::params::ExtractParams;
+use crate::params::{ExtractParams, Precision};
 use crate::signature::{StencilParams, measure, measure_on};
 use rand::Rng;
 use rand_chacha::ChaCha20Rng;
@@ -632,7 +632,7 @@ pub fn recover_layer<O: Oracle + ?Sized>(
             let q0 = oracle.queries();
             let tally = refine(oracle, known, &mut sub, p, rng, half, search_tol)?;
             out.refine_queries += oracle.queries() - q0;
-            for ((&i, e), (placed, confirmed)) in fresh.iter().zip(sub).zip(tally) {
+            for ((&i, e), (placed, confirmed, _)) in fresh.iter().zip(sub).zip(tally) {
                 let ok = confirmed >= 1 && 2 * confirmed >= placed;
                 tracing::debug!(placed, confirmed, ok, "validation by prediction");
                 bank.estimates[i] = e;
@@ -709,11 +709,30 @@ pub fn recover_layer<O: Oracle + ?Sized>(
     }
     // Precision refinement: predicted crossings on fresh lines, confirmed by a short local search.
     let q0 = oracle.queries();
-    refine(oracle, known, &mut accepted, p, rng, half, search_tol)?;
-    // Noisy targets: let the precisely located crossings, not the signatures, set the hyperplanes.
-    let polished = crate::polish::polish(oracle, known, &mut accepted, p, rng, half, search_tol)?;
+    let tally = refine(oracle, known, &mut accepted, p, rng, half, search_tol)?;
+    // Let the precisely located crossings, not the signatures, set the hyperplanes — except where
+    // at least half the refinement points already lie within `polish_skip_below` of the estimate.
+    let precise: Vec<bool> = tally
+        .iter()
+        .map(|&(_, confirmed, worst)| {
+            p.polish_skip_below > 0.0
+                && 2 * confirmed >= p.refine_points.max(1)
+                && worst <= p.polish_skip_below
+        })
+        .collect();
+    let polished = crate::polish::polish(
+        oracle,
+        known,
+        &mut accepted,
+        &precise,
+        p,
+        rng,
+        half,
+        search_tol,
+    )?;
     if p.polish_rounds > 0 {
         tracing::info!(
+            skipped = precise.iter().filter(|&&s| s).count(),
             placed = polished.placed,
             used = polished.used,
             worst_median = polished.worst_median,
@@ -768,6 +787,8 @@ pub(crate) fn predicted_crossing(
 }
 
 /// Places `refine_points` predicted crossings per neuron on fresh lines and adds the confirmed ones.
+/// Returns per estimate: crossings placed, confirmed, and the largest relative distance of a
+/// confirmed one from the estimate's hyperplane before it was added (how far off the estimate is).
 fn refine<O: Oracle + ?Sized>(
     oracle: &CountingOracle<'_, O>,
     known: &KnownPrefix,
@@ -776,8 +797,8 @@ fn refine<O: Oracle + ?Sized>(
     rng: &mut ChaCha20Rng,
     half: f64,
     search_tol: SearchTol,
-) -> Result<Vec<(usize, usize)>, ExtractError> {
-    let mut tally = vec![(0usize, 0usize); est.len()];
+) -> Result<Vec<(usize, usize, f64)>, ExtractError> {
+    let mut tally = vec![(0usize, 0usize, 0.0_f64); est.len()];
     if p.refine_points == 0 || est.is_empty() {
         return Ok(tally);
     }
@@ -844,16 +865,18 @@ fn refine<O: Oracle + ?Sized>(
                 .expect("one row");
             // Another neuron's kink can sit next to the prediction: keep the point only if it lies on
             // the estimate's hyperplane to within the residual bound.
-            if est[ei]
+            if let Some(d) = est[ei]
                 .plane_distance(&h)
-                .is_some_and(|d| d <= p.null_residual_max)
+                .filter(|&d| d <= p.null_residual_max)
             {
                 // Noisy targets: a point at the confirmation distance would pull a signature-based
                 // estimate off by as much; the polishing stage fits the hyperplanes robustly instead.
-                if p.polish_rounds == 0 {
+                // (An f64 crossing is exact to rounding, so it may join the estimate's solve.)
+                if p.precision != Precision::F32 {
                     est[ei].add_point(&h, usize::MAX - si);
                 }
                 tally[ei].1 += 1;
+                tally[ei].2 = tally[ei].2.max(d);
             }
         }
     }

@@ -203,11 +203,30 @@ pub struct ExtractParams {
     #[serde(default)]
     pub isolated_wiggles: usize,
     /// Rounds of hyperplane polishing after refinement ([`crate::polish`]): predicted crossings on
-    /// fresh lines, and each neuron refitted through all confirmed ones. Default 0 (f64: signatures
-    /// are already at ~1e-11); f32: 3 (signatures at ~1e-3, crossings at ~1e-6; each round costs
-    /// about `2·(dim+1)` local searches per neuron).
+    /// fresh lines, and each neuron refitted through all confirmed ones. Each round costs about
+    /// `2·(dim+1)` local searches per neuron, and a fit needs `2·(dim+1)` confirmed points, so one
+    /// round leaves every neuron that lost a single point unfitted. Default 2 (f64: signature-based
+    /// estimates are good to ~1e-10–1e-9, worse in deep layers, while a crossing is exact to about
+    /// rounding; two rounds took a balanced 64-128-128-10 from 2^-28.3 to 2^-33.7 for +10 % queries);
+    /// f32: 3 (signatures at ~1e-3, crossings at ~1e-6). Checkpoints written before this field resume
+    /// with 0, i.e. as they started.
     #[serde(default)]
     pub polish_rounds: usize,
+    /// Half width of the polishing search window around a predicted crossing, as a fraction of the
+    /// line's half length (narrowed 4× after every well-determined fit). Default 1e-5 (f64): the
+    /// prediction of a ~1e-9 estimate is far inside it, and a window as wide as `refine_window`
+    /// (1e-3) held a second kink about every other time on a 64-128-128-10 — a weak one inside a
+    /// fitted piece shifts the located crossing by ~1e-5, so half the points were lost. f32: 1e-2
+    /// (= `refine_window`; predictions are off by ~1e-4).
+    #[serde(default = "defaults::polish_window")]
+    pub polish_window: f64,
+    /// A neuron is not polished when at least half its refinement points confirmed and all of them
+    /// lie within this relative distance of its estimate (before joining it): the estimate is
+    /// already that precise. Default 1e-11 (f64: most first-layer neurons, measured directly on
+    /// input coordinates, sit at ~1e-12, and polishing a 784-input neuron costs ~50,000 queries per
+    /// round; deep-layer estimates at 1e-9–1e-7 are polished). f32: 0 (every neuron).
+    #[serde(default = "defaults::polish_skip_below")]
+    pub polish_skip_below: f64,
     /// Query budget (None: unlimited).
     pub max_queries: Option<u64>,
     /// Worker threads (None: rayon default = all cores).
@@ -234,6 +253,12 @@ mod defaults {
     }
     pub fn refine_match() -> f64 {
         1e-3
+    }
+    pub fn polish_window() -> f64 {
+        1e-5
+    }
+    pub fn polish_skip_below() -> f64 {
+        1e-11
     }
     pub fn hyperplane_weight() -> f64 {
         10.0
@@ -315,7 +340,9 @@ impl Default for ExtractParamsBuilder {
                 noise_floor: 0.0,
                 brute_check: true,
                 isolated_wiggles: 4,
-                polish_rounds: 0,
+                polish_rounds: 2,
+                polish_window: defaults::polish_window(),
+                polish_skip_below: defaults::polish_skip_below(),
                 max_queries: None,
                 threads: None,
             },
@@ -367,6 +394,8 @@ impl ExtractParamsBuilder {
     setter!(brute_check, bool);
     setter!(isolated_wiggles, usize);
     setter!(polish_rounds, usize);
+    setter!(polish_window, f64);
+    setter!(polish_skip_below, f64);
     setter!(verify_rel_tol, f64);
     setter!(max_queries, Option<u64>);
     setter!(threads, Option<usize>);
@@ -402,6 +431,8 @@ impl ExtractParamsBuilder {
         p.noise_rel = d.noise_rel;
         p.verify_rel_tol = d.verify_rel_tol;
         p.polish_rounds = d.polish_rounds;
+        p.polish_window = d.polish_window;
+        p.polish_skip_below = d.polish_skip_below;
         if precision == Precision::F32 {
             p.linearity_rel_tol = 1e-5;
             p.min_interval_rel = 1e-6;
@@ -416,6 +447,8 @@ impl ExtractParamsBuilder {
             p.noise_rel = 1e-5;
             p.verify_rel_tol = 1e-4;
             p.polish_rounds = 3;
+            p.polish_window = 1e-2;
+            p.polish_skip_below = 0.0;
         }
         self
     }
@@ -448,6 +481,12 @@ impl ExtractParamsBuilder {
         pos("hyperplane_weight", p.hyperplane_weight)?;
         if !(p.refine_window > 0.0 && p.refine_window < 0.5) {
             return Err(bad("refine_window", "must be in (0, 0.5)"));
+        }
+        if !(p.polish_skip_below.is_finite() && p.polish_skip_below >= 0.0) {
+            return Err(bad("polish_skip_below", "must be a finite number >= 0"));
+        }
+        if !(p.polish_window > 0.0 && p.polish_window < 0.5) {
+            return Err(bad("polish_window", "must be in (0, 0.5)"));
         }
         if !(p.refine_match > 0.0 && p.refine_match <= 1.0) {
             return Err(bad("refine_match", "must be in (0, 1]"));
@@ -581,6 +620,9 @@ mod tests {
             (b().refine_window(0.5), "refine_window"),
             (b().refine_match(0.0), "refine_match"),
             (b().refine_match(1.5), "refine_match"),
+            (b().polish_window(0.0), "polish_window"),
+            (b().polish_window(0.5), "polish_window"),
+            (b().polish_skip_below(-1.0), "polish_skip_below"),
             (b().hyperplane_weight(0.0), "hyperplane_weight"),
             (b().rank_one_tol(f64::NAN), "rank_one_tol"),
             (b().noise_rel(-1e-9), "noise_rel"),

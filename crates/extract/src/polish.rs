@@ -10,8 +10,12 @@
 //! confirmed so far. The fit keeps the signature-based estimate as a weak prior, so directions the
 //! points do not constrain (units never active at the crossings) keep their estimate.
 //!
-//! Off for f64 targets (their signatures are already at ~1e-11); on in the f32 preset
-//! ([`crate::params::ExtractParams::polish_rounds`]).
+//! The same holds, at another scale, for f64 targets: a signature-based estimate is good to ~1e-9
+//! (worse in deep layers, where few witnesses constrain each unit), a crossing to about rounding. Two
+//! rounds in a narrow window ([`crate::params::ExtractParams::polish_window`]) take the f64 presets'
+//! parameters past 2^-30 (balanced 64-128-128-10: 2^-28.3 before, 2^-33.7 after; 2^-46.6 when no
+//! neuron is skipped as already precise, see `polish_skip_below`).
+//! Rounds: [`crate::params::ExtractParams::polish_rounds`] (f64 2, f32 3).
 
 use crate::cluster::NeuronEstimate;
 use crate::critical::{Line, SearchTol, find_critical_points};
@@ -40,11 +44,14 @@ const WINDOW_SHRINK: f64 = 4.0;
 /// almost no redundancy and cannot tell a spoiled crossing from a good one.
 const MIN_POINTS_PER_UNKNOWN: usize = 2;
 
-/// Neurons with fewer kept points per unknown than this after `polish_rounds` get up to as many
-/// rounds again: a neuron with small outgoing weights has a small jump, noisier crossings, and needs
-/// more of them (on an f32 40-20-10-10-10 one layer-1 neuron kept 45 of 75 points at a 30× larger
-/// median distance than its neighbours).
-const KEPT_PER_UNKNOWN: usize = 4;
+/// Neurons that kept fewer than this fraction (`KEPT_NUM / KEPT_DEN`) of the points placed in
+/// `polish_rounds` get up to as many rounds again: a neuron with small outgoing weights has a small
+/// jump, noisier crossings, and needs more of them (on an f32 40-20-10-10-10 one layer-1 neuron kept
+/// 45 of 75 points at a 30× larger median distance than its neighbours). Two thirds: in the f32
+/// preset (3 rounds of 2 points per unknown) that is 4 kept points per unknown.
+const KEPT_NUM: usize = 2;
+/// Denominator of the kept fraction (see [`KEPT_NUM`]).
+const KEPT_DEN: usize = 3;
 
 /// A point is an outlier (another kink met next to the prediction) when its distance from the fitted
 /// hyperplane exceeds this multiple of the median distance.
@@ -52,6 +59,16 @@ const OUTLIER_FACTOR: f64 = 30.0;
 
 /// Distance below which no point is called an outlier (f64 rounding of the fit itself).
 const OUTLIER_FLOOR: f64 = 1e-12;
+
+/// A confirmed point enters the fit when its distance from the estimate is within the residual
+/// bound or this fraction of the window, whichever is larger: f32 3e-3 (the bound); f64 1e-6, so
+/// that deep-layer estimates at ~1e-7, which most need the polish, are not locked out by the
+/// 1e-8 bound. Points of another kink in the window are removed by the trimmed fit.
+const GATE_PER_WINDOW: f64 = 0.1;
+
+/// Most bytes of search lines held at once: neurons are searched in groups below it, so memory stays
+/// bounded on wide inputs (every neuron at once took a 784-16×8-1 run to 1.6 GB peak).
+const LINE_BYTES_MAX: usize = 64 << 20;
 
 /// What polishing did to one layer.
 #[derive(Debug, Clone, Default)]
@@ -105,6 +122,9 @@ fn fit(prior: &[f64], points: &[Vec<f64>]) -> Option<Vec<f64>> {
     Some(x)
 }
 
+/// A robust fit's hyperplane, the points it kept and their median distance from it.
+type Fitted = (Vec<f64>, Vec<Vec<f64>>, f64);
+
 /// Concentration steps of the trimmed fit: each refits through the best half of the points under the
 /// previous fit (least trimmed squares); a handful converge from the estimate's 1e-3 to the points' 1e-7.
 const TRIM_STEPS: usize = 6;
@@ -114,7 +134,7 @@ const TRIM_STEPS: usize = 6;
 /// is kept and the plane refitted. Points of another kink next to the prediction, or crossings spoiled
 /// by a second kink inside their window, lie far off and never enter. Returns the hyperplane, the
 /// points kept and their median distance.
-fn robust_fit(prior: &[f64], points: &[Vec<f64>]) -> Option<(Vec<f64>, Vec<Vec<f64>>, f64)> {
+fn robust_fit(prior: &[f64], points: &[Vec<f64>]) -> Option<Fitted> {
     let unknowns = prior.len();
     let half = (points.len() / 2).max(unknowns + 1).min(points.len());
     let by_distance = |theta: &[f64]| -> Vec<(f64, usize)> {
@@ -127,12 +147,20 @@ fn robust_fit(prior: &[f64], points: &[Vec<f64>]) -> Option<(Vec<f64>, Vec<Vec<f
         d
     };
     let mut theta = prior.to_vec();
+    let mut chosen: Vec<usize> = Vec::new();
     for _ in 0..TRIM_STEPS {
-        let best: Vec<Vec<f64>> = by_distance(&theta)[..half]
+        let mut best: Vec<usize> = by_distance(&theta)[..half]
             .iter()
-            .map(|&(_, i)| points[i].clone())
+            .map(|&(_, i)| i)
             .collect();
-        theta = fit(prior, &best)?;
+        best.sort_unstable();
+        // The same half gives the same fit: converged (an f64 prior usually is after one step).
+        if best == chosen {
+            break;
+        }
+        let rows: Vec<Vec<f64>> = best.iter().map(|&i| points[i].clone()).collect();
+        theta = fit(prior, &rows)?;
+        chosen = best;
     }
     let d = by_distance(&theta);
     let cut = (OUTLIER_FACTOR * d[half / 2].0).max(OUTLIER_FLOOR);
@@ -148,12 +176,103 @@ fn robust_fit(prior: &[f64], points: &[Vec<f64>]) -> Option<(Vec<f64>, Vec<Vec<f
     Some((theta, kept, median))
 }
 
+/// One polishing search for the neurons in `chunk`: predicted crossings on fresh lines, the kink
+/// nearest each prediction located, and the points on (or near) the estimate's plane kept.
+#[allow(clippy::too_many_arguments)]
+fn search_chunk<O: Oracle + ?Sized>(
+    oracle: &CountingOracle<'_, O>,
+    known: &KnownPrefix,
+    est: &[NeuronEstimate],
+    chunk: &[usize],
+    good_rounds: &[i32],
+    per_round: usize,
+    p: &ExtractParams,
+    rng: &mut ChaCha20Rng,
+    half: f64,
+    search_tol: SearchTol,
+    points: &mut [Vec<Vec<f64>>],
+    stats: &mut PolishStats,
+) -> Result<(), ExtractError> {
+    let d0 = known.input_dim;
+    let mut lines: Vec<Line> = Vec::new();
+    let mut segs: Vec<(usize, f64, f64)> = Vec::new();
+    let mut owner: Vec<(usize, f64)> = Vec::new();
+    for &ei in chunk {
+        let e = &est[ei];
+        // Each well-determined fit is far better than the last: narrower windows meet fewer
+        // other kinks. A neuron whose fit is still shaky keeps the wide window.
+        let window = p.polish_window / WINDOW_SHRINK.powi(good_rounds[ei]);
+        let mut placed = 0;
+        let mut attempts = 0;
+        // Random lines first; a rarely active neuron's plane is met by few of them, so the rest
+        // through points near its own witnesses (as in the refinement stage).
+        while placed < per_round && attempts < 4 * per_round {
+            attempts += 1;
+            let mut line = random_line(rng, d0, p.origin_scale);
+            if attempts > per_round && !e.anchors.is_empty() {
+                let anchor = &e.anchors[rng.random_range(0..e.anchors.len())];
+                line = random_line(rng, d0, LOCAL_OFFSET * p.origin_scale);
+                line.origin
+                    .iter_mut()
+                    .zip(anchor)
+                    .for_each(|(o, a)| *o += a);
+            }
+            if let Some((t, w)) = predicted_crossing(known, &e.theta, &line, half, window) {
+                lines.push(line);
+                segs.push((lines.len() - 1, t - w, t + w));
+                owner.push((ei, t));
+                placed += 1;
+            }
+        }
+        stats.placed += placed;
+    }
+    let cps = find_critical_points(oracle, &lines, &segs, search_tol)?;
+    let mut nearest: Vec<Option<(f64, f64)>> = vec![None; segs.len()];
+    for c in &cps {
+        let si = c.line; // one line per segment
+        let d = (c.t - owner[si].1).abs();
+        if nearest[si].is_none_or(|(_, best)| d < best) {
+            nearest[si] = Some((c.t, d));
+        }
+    }
+    let xs: Vec<(usize, Vec<f64>)> = nearest
+        .iter()
+        .enumerate()
+        .filter_map(|(si, n)| {
+            let (t, d) = (*n)?;
+            // The kink nearest the prediction, inside the inner half of the window.
+            (d <= 0.5 * (segs[si].2 - segs[si].1) * 0.5).then(|| (si, lines[si].at(t)))
+        })
+        .collect();
+    tracing::debug!(
+        segments = segs.len(),
+        with_kink = nearest.iter().filter(|n| n.is_some()).count(),
+        near = xs.len(),
+        kinks = cps.len(),
+        "polish search"
+    );
+    let hs = known.forward_rows(&xs.iter().map(|(_, x)| x.clone()).collect::<Vec<_>>());
+    for ((si, _), (_, h)) in xs.iter().zip(hs) {
+        let ei = owner[*si].0;
+        let u = point_row(&h);
+        // A point of another kink lies far off; the estimate is within the residual bound, or
+        // (an f64 estimate of a deep layer, ~1e-7) within a tenth of the window.
+        let d = distance(&est[ei].theta, &u);
+        if d <= p.null_residual_max.max(GATE_PER_WINDOW * p.polish_window) {
+            points[ei].push(u);
+        }
+    }
+    Ok(())
+}
+
 /// Runs `p.polish_rounds` rounds of predicted crossings and hyperplane refits on the accepted
-/// estimates (their `theta` is replaced; their other evidence is left as it was).
+/// estimates not marked in `skip` (their `theta` is replaced; their other evidence is left as it
+/// was).
 pub fn polish<O: Oracle + ?Sized>(
     oracle: &CountingOracle<'_, O>,
     known: &KnownPrefix,
     est: &mut [NeuronEstimate],
+    skip: &[bool],
     p: &ExtractParams,
     rng: &mut ChaCha20Rng,
     half: f64,
@@ -171,76 +290,47 @@ pub fn polish<O: Oracle + ?Sized>(
     let mut good_rounds = vec![0i32; est.len()];
     for round in 0..2 * p.polish_rounds {
         let active: Vec<usize> = (0..est.len())
-            .filter(|&ei| round < p.polish_rounds || points[ei].len() < KEPT_PER_UNKNOWN * unknowns)
+            .filter(|&ei| !skip[ei])
+            .filter(|&ei| {
+                round < p.polish_rounds
+                    || KEPT_DEN * points[ei].len() < KEPT_NUM * p.polish_rounds * per_round
+            })
             .collect();
         if active.is_empty() {
             break;
         }
-        let mut lines: Vec<Line> = Vec::new();
-        let mut segs: Vec<(usize, f64, f64)> = Vec::new();
-        let mut owner: Vec<(usize, f64)> = Vec::new();
-        for &ei in &active {
-            let e = &est[ei];
-            // Each well-determined fit is far better than the last: narrower windows meet fewer
-            // other kinks. A neuron whose fit is still shaky keeps the wide window.
-            let window = p.refine_window / WINDOW_SHRINK.powi(good_rounds[ei]);
-            let mut placed = 0;
-            let mut attempts = 0;
-            // Random lines first; a rarely active neuron's plane is met by few of them, so the rest
-            // through points near its own witnesses (as in the refinement stage).
-            while placed < per_round && attempts < 4 * per_round {
-                attempts += 1;
-                let mut line = random_line(rng, d0, p.origin_scale);
-                if attempts > per_round && !e.anchors.is_empty() {
-                    let anchor = &e.anchors[rng.random_range(0..e.anchors.len())];
-                    line = random_line(rng, d0, LOCAL_OFFSET * p.origin_scale);
-                    line.origin
-                        .iter_mut()
-                        .zip(anchor)
-                        .for_each(|(o, a)| *o += a);
-                }
-                if let Some((t, w)) = predicted_crossing(known, &e.theta, &line, half, window) {
-                    lines.push(line);
-                    segs.push((lines.len() - 1, t - w, t + w));
-                    owner.push((ei, t));
-                    placed += 1;
-                }
-            }
-            stats.placed += placed;
+        // Neurons in groups whose lines fit in `LINE_BYTES_MAX` (a 784-input layer places 1,570 lines
+        // of 12.5 KB per neuron and round). Lines are drawn in the same order either way.
+        let per_neuron_bytes = per_round * 2 * d0 * std::mem::size_of::<f64>();
+        let group = (LINE_BYTES_MAX / per_neuron_bytes.max(1)).max(1);
+        for chunk in active.chunks(group) {
+            search_chunk(
+                oracle,
+                known,
+                est,
+                chunk,
+                &good_rounds,
+                per_round,
+                p,
+                rng,
+                half,
+                search_tol,
+                &mut points,
+                &mut stats,
+            )?;
         }
-        let cps = find_critical_points(oracle, &lines, &segs, search_tol)?;
-        let mut nearest: Vec<Option<(f64, f64)>> = vec![None; segs.len()];
-        for c in &cps {
-            let si = c.line; // one line per segment
-            let d = (c.t - owner[si].1).abs();
-            if nearest[si].is_none_or(|(_, best)| d < best) {
-                nearest[si] = Some((c.t, d));
-            }
-        }
-        let xs: Vec<(usize, Vec<f64>)> = nearest
-            .iter()
-            .enumerate()
-            .filter_map(|(si, n)| {
-                let (t, d) = (*n)?;
-                // The kink nearest the prediction, inside the inner half of the window.
-                (d <= 0.5 * (segs[si].2 - segs[si].1) * 0.5).then(|| (si, lines[si].at(t)))
-            })
-            .collect();
-        let hs = known.forward_rows(&xs.iter().map(|(_, x)| x.clone()).collect::<Vec<_>>());
-        for ((si, _), (_, h)) in xs.iter().zip(hs) {
-            let ei = owner[*si].0;
-            let u = point_row(&h);
-            // A point of another kink lies O(1) away; the estimate is within the residual bound.
-            if distance(&est[ei].theta, &u) <= p.null_residual_max {
-                points[ei].push(u);
-            }
-        }
-        for &ei in &active {
+        // Independent per neuron (an SVD of up to ~4·(dim+1) rows each): both cores.
+        let fits: Vec<(usize, Option<Fitted>)> = {
+            use rayon::prelude::*;
+            active
+                .par_iter()
+                .filter(|&&ei| points[ei].len() >= MIN_POINTS_PER_UNKNOWN * unknowns)
+                .map(|&ei| (ei, robust_fit(&priors[ei], &points[ei])))
+                .collect()
+        };
+        for (ei, fitted) in fits {
             let e = &mut est[ei];
-            if points[ei].len() < MIN_POINTS_PER_UNKNOWN * unknowns {
-                continue;
-            }
-            if let Some((theta, kept, median)) = robust_fit(&priors[ei], &points[ei]) {
+            if let Some((theta, kept, median)) = fitted {
                 tracing::debug!(
                     round,
                     neuron = ei,
@@ -299,5 +389,68 @@ mod tests {
         assert!((theta[3] - truth[3]).abs() < 1e-5, "{theta:?}");
         // Unconstrained by the points: stays at the prior's value (scaled).
         assert!((theta[2] - 2e-3).abs() < 1e-4, "{theta:?}");
+    }
+
+    #[test]
+    fn f64_polish_takes_perturbed_first_layer_estimates_to_rounding() {
+        use crate::oracle::NetworkOracle;
+        use netxray_relu::{Arch, InitRecipe, Network};
+        use rand::SeedableRng;
+        let arch = Arch::new(vec![12, 8, 6, 1]).expect("arch");
+        let net = Network::random(&arch, InitRecipe::Balanced, 3);
+        let first = &net.layers()[0];
+        let truth: Vec<Vec<f64>> = (0..8)
+            .map(|i| {
+                let mut t: Vec<f64> = (0..12).map(|k| first.weight[(i, k)]).collect();
+                t.push(first.bias[i]);
+                let n = norm(&t[..12]);
+                t.iter().map(|v| v / n).collect()
+            })
+            .collect();
+        // Estimates 1e-7 off (as deep-layer signatures come out), every coordinate constrained.
+        let mut est: Vec<NeuronEstimate> = truth
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let mut e = NeuronEstimate::new(12, 10.0);
+                e.known = vec![true; 12];
+                e.theta = t
+                    .iter()
+                    .enumerate()
+                    .map(|(k, v)| v + 1e-7 * (((i * 13 + k * 7) % 5) as f64 - 2.0))
+                    .collect();
+                e
+            })
+            .collect();
+        let error = |est: &[NeuronEstimate], truth: &[Vec<f64>]| {
+            est.iter().zip(truth).fold(0.0_f64, |m, (e, t)| {
+                let n = norm(&e.theta[..12]);
+                e.theta
+                    .iter()
+                    .zip(t)
+                    .fold(m, |m, (a, b)| m.max((a / n - b).abs()))
+            })
+        };
+        assert!(error(&est, &truth) > 1e-8);
+        let p = ExtractParams::builder().build().expect("defaults");
+        let oracle = NetworkOracle::new(net.clone());
+        let co = CountingOracle::new(&oracle, None);
+        let known = KnownPrefix::new(12);
+        let half = p.line_half_length * p.origin_scale * 12f64.sqrt();
+        let tol = SearchTol {
+            rel_tol: p.linearity_rel_tol,
+            min_interval_rel: p.min_interval_rel,
+            abs_floor: 0.0,
+        };
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        // Neuron 0 is marked precise: it must be left exactly as it was.
+        let before = est[0].theta.clone();
+        let mut skip = vec![false; 8];
+        skip[0] = true;
+        let stats = polish(&co, &known, &mut est, &skip, &p, &mut rng, half, tol).expect("polish");
+        assert_eq!(est[0].theta, before, "a skipped neuron is not refitted");
+        assert!(stats.used >= 7 * 2 * 13, "used {}", stats.used);
+        let polished = error(&est[1..], &truth[1..]);
+        assert!(polished < 1e-12, "after polishing: {polished:e}");
     }
 }
