@@ -81,6 +81,24 @@ pub fn random_line(rng: &mut ChaCha20Rng, d0: usize, sigma: f64) -> Line {
     Line { origin, dir }
 }
 
+/// A random line through a point near one of `anchors` (a neuron's own witnesses): origin offset
+/// `LOCAL_OFFSET·σ`, so its crossings still lie in other activation regions. `anchors` must not be
+/// empty. Draws the anchor first, then the line.
+pub(crate) fn line_near_anchor(
+    rng: &mut ChaCha20Rng,
+    anchors: &[Vec<f64>],
+    d0: usize,
+    sigma: f64,
+) -> Line {
+    let anchor = &anchors[rng.random_range(0..anchors.len())];
+    let mut line = random_line(rng, d0, LOCAL_OFFSET * sigma);
+    line.origin
+        .iter_mut()
+        .zip(anchor)
+        .for_each(|(o, a)| *o += a);
+    line
+}
+
 /// `n` random inputs `~ N(0, (σ·scales[i mod len])²)` of width `d0`, drawn coordinate by coordinate
 /// in order (the stream every sampling stage of the attack shares).
 pub fn random_inputs(
@@ -831,12 +849,7 @@ fn refine<O: Oracle + ?Sized>(
         let mut local_attempts = 0;
         while placed < want && !e.anchors.is_empty() && local_attempts < 4 * p.refine_points {
             local_attempts += 1;
-            let anchor = &e.anchors[rng.random_range(0..e.anchors.len())];
-            let mut line = random_line(rng, d0, LOCAL_OFFSET * p.origin_scale);
-            line.origin
-                .iter_mut()
-                .zip(anchor)
-                .for_each(|(o, a)| *o += a);
+            let line = line_near_anchor(rng, &e.anchors, d0, p.origin_scale);
             if let Some((t, w)) = crossing(e, &line) {
                 lines.push(line);
                 segs.push((lines.len() - 1, t - w, t + w));

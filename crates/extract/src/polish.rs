@@ -21,12 +21,11 @@ use crate::cluster::NeuronEstimate;
 use crate::critical::{Line, SearchTol, find_critical_points};
 use crate::error::ExtractError;
 use crate::known::KnownPrefix;
-use crate::layer::{LOCAL_OFFSET, predicted_crossing, random_line};
+use crate::layer::{line_near_anchor, predicted_crossing, random_line};
 use crate::linalg::{dot, norm, null_vector};
 use crate::oracle::{CountingOracle, Oracle};
 use crate::params::ExtractParams;
 use faer::Mat;
-use rand::Rng;
 use rand_chacha::ChaCha20Rng;
 
 /// Predicted crossings per neuron and round, per unknown of its hyperplane (`dim + 1`): twice as many
@@ -210,12 +209,7 @@ fn search_chunk<O: Oracle + ?Sized>(
             attempts += 1;
             let mut line = random_line(rng, d0, p.origin_scale);
             if attempts > per_round && !e.anchors.is_empty() {
-                let anchor = &e.anchors[rng.random_range(0..e.anchors.len())];
-                line = random_line(rng, d0, LOCAL_OFFSET * p.origin_scale);
-                line.origin
-                    .iter_mut()
-                    .zip(anchor)
-                    .for_each(|(o, a)| *o += a);
+                line = line_near_anchor(rng, &e.anchors, d0, p.origin_scale);
             }
             if let Some((t, w)) = predicted_crossing(known, &e.theta, &line, half, window) {
                 lines.push(line);
