@@ -68,7 +68,7 @@ pub struct ExtractArgs {
     pub residual_aim_points: usize,
     /// Rounds of hyperplane polishing per layer: every neuron's hyperplane refitted through about
     /// 2·(width+1) predicted crossings on fresh lines per round (0 = off). Default: the precision
-    /// preset's (f64 1, f32 3). Needs an explicit --precision f64|f32.
+    /// preset's (f64 2, f32 3). Needs an explicit --precision f64|f32.
     #[arg(long, value_name = "N")]
     pub polish_rounds: Option<usize>,
     /// Skip the brute-force sign cross-check of hidden layers of width ≤ 16 (by default all 2^w sign

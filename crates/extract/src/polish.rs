@@ -211,9 +211,9 @@ fn search_chunk<O: Oracle + ?Sized>(
             if attempts > per_round && !e.anchors.is_empty() {
                 line = line_near_anchor(rng, &e.anchors, d0, p.origin_scale);
             }
-            if let Some((t, w)) = predicted_crossing(known, &e.theta, &line, half, window) {
+            if let Some((t, lo, hi)) = predicted_crossing(known, &e.theta, &line, half, window) {
                 lines.push(line);
-                segs.push((lines.len() - 1, t - w, t + w));
+                segs.push((lines.len() - 1, lo, hi));
                 owner.push((ei, t));
                 placed += 1;
             }

