@@ -812,7 +812,7 @@ pub(crate) fn predicted_crossing(
         let t = bps[j] + (bps[j + 1] - bps[j]) * z[j] / (z[j] - z[j + 1]);
         let room = (t - bps[j]).min(bps[j + 1] - t);
         let w = (0.5 * room).min(window * half);
-        (room > 1e-6 * half).then(|| (t, t - w, t + WINDOW_RIGHT * w))
+        (room > 1e-6 * half).then_some((t, t - w, t + WINDOW_RIGHT * w))
     })
 }
 
