@@ -881,40 +881,28 @@ fn refine<O: Oracle + ?Sized>(
             .iter()
             .filter(|c| c.line == segs[si].0)
             .min_by(|a, b| (a.t - t_pred).abs().total_cmp(&(b.t - t_pred).abs()));
-        match best {
-            None => no_kink += 1,
-            Some(c) if (c.t - t_pred).abs() > p.refine_match * w => too_far += 1,
-            Some(c) => {
-                let x = lines[c.line].at(c.t);
-                let (_, h) = known
-                    .forward_rows(std::slice::from_ref(&x))
-                    .pop()
-                    .expect("one row");
-                if let Some(d) = est[ei]
-                    .plane_distance(&h)
-                    .filter(|&d| d > p.null_residual_max)
-                {
-                    off_plane += 1;
-                    off_plane_worst = off_plane_worst.max(d);
-                }
-            }
-        }
         // The kink found must be the predicted one: within `refine_match` of the window. The
         // hyperplane test below is the real check.
-        if let Some(c) = best
-            && (c.t - t_pred).abs() <= p.refine_match * w
-        {
-            let x = lines[c.line].at(c.t);
-            let (_, h) = known
-                .forward_rows(std::slice::from_ref(&x))
-                .pop()
-                .expect("one row");
-            // Another neuron's kink can sit next to the prediction: keep the point only if it lies on
-            // the estimate's hyperplane to within the residual bound.
-            if let Some(d) = est[ei]
-                .plane_distance(&h)
-                .filter(|&d| d <= p.null_residual_max)
-            {
+        let c = match best {
+            None => {
+                no_kink += 1;
+                continue;
+            }
+            Some(c) if (c.t - t_pred).abs() > p.refine_match * w => {
+                too_far += 1;
+                continue;
+            }
+            Some(c) => c,
+        };
+        let x = lines[c.line].at(c.t);
+        let (_, h) = known
+            .forward_rows(std::slice::from_ref(&x))
+            .pop()
+            .expect("one row");
+        // Another neuron's kink can sit next to the prediction: keep the point only if it lies on
+        // the estimate's hyperplane to within the residual bound.
+        match est[ei].plane_distance(&h) {
+            Some(d) if d <= p.null_residual_max => {
                 // Noisy targets: a point at the confirmation distance would pull a signature-based
                 // estimate off by as much; the polishing stage fits the hyperplanes robustly instead.
                 // (An f64 crossing is exact to rounding, so it may join the estimate's solve.)
@@ -924,6 +912,11 @@ fn refine<O: Oracle + ?Sized>(
                 tally[ei].1 += 1;
                 tally[ei].2 = tally[ei].2.max(d);
             }
+            Some(d) => {
+                off_plane += 1;
+                off_plane_worst = off_plane_worst.max(d);
+            }
+            None => {}
         }
     }
     tracing::debug!(
