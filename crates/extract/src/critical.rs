@@ -85,12 +85,23 @@ struct Interval {
     segment_scale: f64,
 }
 
-/// Most intervals one segment may have in flight at one bisection level. Real kinks on a segment are
-/// few (a layer's width times a few bends); more live intervals than this means the linearity test is
-/// reading rounding noise as kinks at every scale, and doubling on would never stop before `min_len`
-/// (measured: 857,518 intervals on 5 lines at level 28 in layer 8 of a 784-16×8-1 net). Such a segment
-/// is abandoned (its kinks are met again on other lines).
-const MAX_LIVE_PER_SEGMENT: usize = 1024;
+/// Most *short* intervals (narrower than [`SHORT_INTERVAL_REL`] of their segment) one segment may have
+/// in flight at one bisection level. Real kinks are isolated long before their intervals get that short
+/// (two kinks closer than ~1e-6 of a line are rare), so many short live intervals mean the linearity test
+/// is reading rounding noise as kinks, and doubling on would never stop before `min_len` (measured:
+/// 857,518 intervals on 5 lines at level 28 in layer 8 of a 784-16×8-1 net). Such a segment is
+/// abandoned (its kinks are met again on other lines).
+const MAX_SHORT_LIVE_PER_SEGMENT: usize = 1024;
+
+/// An interval narrower than this fraction of its segment (2^-20) counts towards
+/// [`MAX_SHORT_LIVE_PER_SEGMENT`].
+const SHORT_INTERVAL_REL: f64 = 1.0 / (1u64 << 20) as f64;
+
+/// Most intervals of any width one segment may have in flight: bounds the work of one level when
+/// noise beats the linearity test from the start. Not lower: a line through the first layer of a
+/// 3072-256×8-10 net meets thousands of real kinks (the earlier cap of 1,024 live intervals abandoned
+/// every such line after ~280 of them, most of the first layer's crossings never seen).
+const MAX_LIVE_PER_SEGMENT: usize = 16384;
 
 fn lerp(t: f64, t0: f64, f0: &[f64], t1: f64, f1: &[f64]) -> Vec<f64> {
     let w = (t - t0) / (t1 - t0);
@@ -149,14 +160,27 @@ pub fn find_critical_points<O: Oracle + ?Sized>(
         })
         .collect();
     let mut found: Vec<CriticalPoint> = Vec::new();
+    let seg_len: Vec<f64> = segments
+        .iter()
+        .map(|&(_, t0, t1)| (t1 - t0).abs())
+        .collect();
     let mut live = vec![0usize; segments.len()];
+    let mut short_live = vec![0usize; segments.len()];
     while !queue.is_empty() {
         live.iter_mut().for_each(|c| *c = 0);
-        queue.iter().for_each(|iv| live[iv.segment] += 1);
-        if live.iter().any(|&c| c > MAX_LIVE_PER_SEGMENT) {
-            let abandoned = live.iter().filter(|&&c| c > MAX_LIVE_PER_SEGMENT).count();
+        short_live.iter_mut().for_each(|c| *c = 0);
+        for iv in &queue {
+            live[iv.segment] += 1;
+            if iv.b - iv.a < SHORT_INTERVAL_REL * seg_len[iv.segment] {
+                short_live[iv.segment] += 1;
+            }
+        }
+        let noisy =
+            |k: usize| live[k] > MAX_LIVE_PER_SEGMENT || short_live[k] > MAX_SHORT_LIVE_PER_SEGMENT;
+        if (0..segments.len()).any(noisy) {
+            let abandoned = (0..segments.len()).filter(|&k| noisy(k)).count();
             tracing::debug!(abandoned, "noise-dominated segments abandoned");
-            queue.retain(|iv| live[iv.segment] <= MAX_LIVE_PER_SEGMENT);
+            queue.retain(|iv| !noisy(iv.segment));
             if queue.is_empty() {
                 break;
             }
@@ -358,9 +382,9 @@ mod tests {
     #[test]
     fn a_segment_whose_noise_beats_every_tolerance_is_abandoned_not_followed_forever() {
         let (_, queries) = search_noisy(1e-6);
-        // At most ~2·MAX_LIVE_PER_SEGMENT queries per level until the cap trips, not 2^37.
+        // Doubling up to the cap (~4·MAX_LIVE_PER_SEGMENT queries in all), not 2^37.
         assert!(
-            queries < 16 * MAX_LIVE_PER_SEGMENT as u64,
+            queries < 8 * MAX_LIVE_PER_SEGMENT as u64,
             "{queries} queries"
         );
     }
