@@ -273,6 +273,14 @@ pub fn measure_on<O: Oracle + ?Sized>(
         if pending.is_empty() {
             break;
         }
+        // Retries re-query every direction whose stencil crossed another kink: on wide inputs crowded
+        // with deeper kinks they can cost more than the first try (see docs/extraction.md).
+        tracing::debug!(
+            points = cps.len(),
+            directions = pending.len(),
+            queries = 4 * pending.len(),
+            "stencil try"
+        );
         for idx in pending.chunks(pairs_per_chunk) {
             let mut pts = Vec::with_capacity(idx.len() * 4);
             for &(ji, k) in idx {
