@@ -273,8 +273,9 @@ pub fn measure_on<O: Oracle + ?Sized>(
         if pending.is_empty() {
             break;
         }
-        // Retries re-query every direction whose stencil crossed another kink: on wide inputs crowded
-        // with deeper kinks they can cost more than the first try (see docs/extraction.md).
+        // Retries re-query every direction whose stencil crossed a kink. On the first layer about half
+        // the first-try coordinate stencils cross the point's own hyperplane (the first width is the
+        // distance to it along the line), so retries add ~55 % (docs/extraction.md, "Session 13").
         tracing::debug!(
             points = cps.len(),
             directions = pending.len(),
