@@ -69,6 +69,10 @@ const GATE_PER_WINDOW: f64 = 0.1;
 /// bounded on wide inputs (every neuron at once took a 784-16×8-1 run to 1.6 GB peak).
 const LINE_BYTES_MAX: usize = 64 << 20;
 
+/// Largest memory for the confirmed points held while polishing (each a `dim + 1` row; up to
+/// `2·polish_rounds·per_round` per neuron). A 3072-input layer needs ~300 MB per neuron.
+const POINT_BYTES_MAX: usize = 2 << 30;
+
 /// What polishing did to one layer.
 #[derive(Debug, Clone, Default)]
 pub struct PolishStats {
@@ -282,6 +286,23 @@ pub fn polish<O: Oracle + ?Sized>(
     let mut points: Vec<Vec<Vec<f64>>> = vec![Vec::new(); est.len()];
     let unknowns = known.out_dim() + 1;
     let mut good_rounds = vec![0i32; est.len()];
+    // The confirmed points of every polished neuron are held until the end: bound them. Neurons past
+    // the budget keep their signature-based rows (said in a warning).
+    let bytes_per_neuron = 2 * p.polish_rounds * per_round * unknowns * std::mem::size_of::<f64>();
+    let budget = (POINT_BYTES_MAX / bytes_per_neuron.max(1)).max(1);
+    let mut skip = skip.to_vec();
+    let wanted: Vec<usize> = (0..est.len()).filter(|&ei| !skip[ei]).collect();
+    if wanted.len() > budget {
+        tracing::warn!(
+            neurons = wanted.len(),
+            polished = budget,
+            "hyperplane polishing would hold more than {} MiB of points; the rest keep their signature-based rows",
+            POINT_BYTES_MAX >> 20
+        );
+        for &ei in &wanted[budget..] {
+            skip[ei] = true;
+        }
+    }
     for round in 0..2 * p.polish_rounds {
         let active: Vec<usize> = (0..est.len())
             .filter(|&ei| !skip[ei])

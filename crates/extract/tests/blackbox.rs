@@ -135,3 +135,39 @@ proptest! {
         }
     }
 }
+
+/// First-layer screening (`probe_coords`): each critical point of the first layer's search is probed
+/// on a few input coordinates and only matched pairs are measured in full — one of each pair, the
+/// partner joining by the plane test. On a deep net most kinks on a line are deeper ones, so the first
+/// layer's signatures cost fewer queries, and the extraction stays exact.
+#[test]
+fn first_layer_screening_measures_fewer_points_and_stays_exact() {
+    let arch: Arch = "96-12-12-12-1".parse().unwrap();
+    let truth = Network::random(&arch, InitRecipe::Balanced, 3);
+    let run = |probe: usize| {
+        let p = ExtractParams::builder()
+            .seed(5)
+            .probe_coords(probe)
+            .build()
+            .unwrap();
+        extract(&hidden(truth.clone()), &arch, &p, |_| {}).expect("extraction succeeds")
+    };
+    let (plain, screened) = (run(0), run(8));
+    for ex in [&plain, &screened] {
+        let err = rel_error(&truth, &ex.network, 20_000, 7);
+        assert!(err < 1e-9, "relative functional error {err:e}");
+    }
+    let (a, b) = (&plain.report.layers[0], &screened.report.layers[0]);
+    assert!(
+        b.measured_witnesses < a.measured_witnesses,
+        "screened layer 1 measured {} points in full, unscreened {}",
+        b.measured_witnesses,
+        a.measured_witnesses
+    );
+    assert!(
+        b.queries.signature < a.queries.signature,
+        "layer-1 signature queries: screened {}, unscreened {}",
+        b.queries.signature,
+        a.queries.signature
+    );
+}
