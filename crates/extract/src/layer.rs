@@ -154,7 +154,8 @@ pub fn free_segments_in(
 /// 784-64-64-10 extraction). A layer-1 neuron's row is the same at every point of its hyperplane, a
 /// deeper kink's effective row changes with the activation pattern. So each unattached point is first
 /// *probed* on a fixed random subset of input coordinates (4·|S| + 2 queries); only when two probes
-/// agree (up to sign) are the two points measured in full. Deeper kinks cost a probe each.
+/// agree (up to sign) is one of the two points measured in full, and the other joins it by the plane
+/// test. Deeper kinks cost a probe each.
 #[derive(Debug)]
 struct ProbePool {
     coords: Vec<usize>,
@@ -423,7 +424,7 @@ fn independent_lines(e: &NeuronEstimate, following: &[bool]) -> usize {
 /// above `null_residual_max` (1.1e-8–1.9e-8 for 3 of 256 on the balanced 3072-256×8-10, two of them
 /// already confirmed by prediction; the other 252 below 1e-8), so the layer never completed. Their
 /// bound is this multiple of `null_residual_max`: still well under the ≥ 1e-7 of a wrong witness, and
-/// validation by prediction and polishing follow as for any neuron.
+/// validation by prediction follows as for any neuron.
 const SCREENED_RESIDUAL_FACTOR: f64 = 3.0;
 
 /// A screened first layer with more inputs than this keeps its signature-based rows (no polishing).

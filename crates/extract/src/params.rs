@@ -124,7 +124,8 @@ pub struct ExtractParams {
     /// First-layer screening (off by default): unattached critical points are first probed on this
     /// many random input coordinates (4·k + 2 queries) and measured in full (4·d0 + 2) only once two
     /// probes on different lines agree, i.e. once the point is known to be a first-layer neuron and
-    /// not a deeper kink; both partners are then measured in full. It pays off on deep nets, where
+    /// not a deeper kink; one point of the pair is then measured in full and the other joins its
+    /// estimate by the plane test (measured too only if it does not). It pays off on deep nets, where
     /// most kinks on a line belong to deeper layers: on a balanced 784-16×8-1 (seed 7, attack seed 1)
     /// k = 24 cuts layer 1 from 8.67 M queries and ~200 s to 0.63 M and 14 s. On a shallow net it does
     /// not (reference 784-32-1: 263 k instead of 188 k queries, output error 2^-27.7 instead of
