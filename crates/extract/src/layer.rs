@@ -493,9 +493,10 @@ pub fn recover_layer<O: Oracle + ?Sized>(
     // With screening, an estimate validated by prediction (complete at the time) stays complete.
     // Only points join it afterwards (the plane test), and on a 3072-input layer the joint residual
     // of its one signature against many exact points creeps over the bound (4.6e-8 after 9 lines for
-    // a neuron validated in round 1) without anything being wrong; polishing then fits the
-    // hyperplane through the points. Without screening every neuron rests on several signatures
-    // and the bench rows never needed this, so they are left as they were.
+    // a neuron validated in round 1) without anything being wrong; up to
+    // `SCREENED_POLISH_MAX_INPUTS` inputs polishing then fits the hyperplane through the points.
+    // Without screening every neuron rests on several signatures and the bench rows never needed
+    // this, so they are left as they were.
     let stays_complete = screening;
     let stencil = StencilParams {
         eps: p.stencil_eps * sigma,
