@@ -20,7 +20,10 @@ targets=()
 for arch in 784-16-16-16-16-16-16-16-16-1 3072-256-256-256-256-256-256-256-256-10; do
   want "balanced:$arch" || continue
   "$BIN" model new --arch "$arch" --init balanced --seed 7 --out "$WORK/$arch.safetensors" >/dev/null
-  targets+=("balanced:$arch|$WORK/$arch.safetensors||--probe-coords 24")
+  xa="--probe-coords 24"
+  # Deeper-layer screening needs layers of >= 4*32 units: only the 256-wide net has them.
+  [[ "$arch" == 3072-* ]] && xa="$xa --probe-units 32"
+  targets+=("balanced:$arch|$WORK/$arch.safetensors||$xa")
 done
 if want "fmnist:784-128-128-128-10" && { [ -f "$DATA/train-images-idx3-ubyte.gz" ] || [ -f "$DATA/train-images-idx3-ubyte" ]; }; then
   "$BIN" model train --arch 784-128-128-128-10 --dataset fashion-mnist --data-dir "$DATA" --epochs 3 --seed 1 \

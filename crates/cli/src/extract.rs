@@ -56,6 +56,12 @@ pub struct ExtractArgs {
     /// costs queries and precision. 0 = off.
     #[arg(long, value_name = "K", default_value_t = 0)]
     pub probe_coords: usize,
+    /// Deeper-layer screening: probe each critical point of layers 2+ on the active ones among K
+    /// fixed units of the previous layer before measuring it in full, so that kinks of still deeper
+    /// layers cost ~2K+2 queries instead of 4·|active|+2. For wide hidden layers (≥ 4K units; 32 on
+    /// the 3072-256×8-10). 0 = off.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub probe_units: usize,
     /// Isolated-wiggle probes per neuron and pass on expansive layers (0 = off): each neuron is
     /// wiggled where every other active unit of its layer can stay exactly still, so that a vote is
     /// clean proof of the active side.
@@ -184,6 +190,7 @@ pub fn run(a: ExtractArgs) -> Result<()> {
         .max_queries(a.max_queries)
         .origin_scale(a.input_scale)
         .probe_coords(a.probe_coords)
+        .probe_units(a.probe_units)
         .precision(a.precision)
         .brute_check(!a.no_brute_check)
         .isolated_wiggles(a.isolated_wiggles)

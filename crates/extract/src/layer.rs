@@ -7,7 +7,7 @@ use crate::error::ExtractError;
 use crate::known::KnownPrefix;
 use crate::linalg::{dot, norm};
 use crate::oracle::{CountingOracle, Oracle};
-use crate::params::{ExtractParams, Precision};
+use crate::params::{ExtractParams, PROBE_COMMON_MIN, Precision};
 use crate::signature::{StencilParams, measure, measure_on};
 use rand::Rng;
 use rand_chacha::ChaCha20Rng;
@@ -147,7 +147,7 @@ pub fn free_segments_in(
         .collect()
 }
 
-/// First-layer screening of critical points before their full (4·d0 + 2 queries) measurement.
+/// Screening of critical points before their full measurement.
 ///
 /// On a wide input most critical points met while recovering layer 1 are kinks of *deeper* layers,
 /// and each was measured in full before it could be told apart (2.9 M of the 3.1 M queries of a
@@ -156,19 +156,67 @@ pub fn free_segments_in(
 /// *probed* on a fixed random subset of input coordinates (4·|S| + 2 queries); only when two probes
 /// agree (up to sign) is one of the two points measured in full, and the other joins it by the plane
 /// test. Deeper kinks cost a probe each.
+///
+/// Deeper layers (`probe_units`) work the same way in the previous layer's units: a neuron of the
+/// layer has one row there at every point of its (bent) hyperplane, and the probe reads it on the
+/// probed units that are active at the point (`active` of the probe witness). Two probes are compared
+/// on the units both read (at least [`PROBE_COMMON_MIN`]); a probe that agrees with an estimate of the
+/// layer on its known units is measured in full at once (it brings the estimate units it lacks).
 #[derive(Debug)]
 struct ProbePool {
+    /// Probed indices, sorted: input coordinates (first layer) or previous-layer units.
     coords: Vec<usize>,
-    /// Unmatched probes: sign-normalised row on `coords`, and the point.
-    waiting: Vec<(Vec<f64>, CriticalPoint)>,
+    /// Unmatched probes.
+    waiting: Vec<Probe>,
     tol: f64,
+    /// Compare probes with the layer's estimates (deeper layers; see [`ProbePool::screen`]).
+    match_estimates: bool,
+}
+
+/// One probe: the indices it read (sorted), the unit row on them, and the point.
+#[derive(Debug)]
+struct Probe {
+    idx: Vec<usize>,
+    row: Vec<f64>,
+    cp: CriticalPoint,
+}
+
+/// Do two rows, given on the sorted indices `ai` and `bi`, agree up to sign and scale on the indices
+/// they share (at least [`PROBE_COMMON_MIN`] of them, or all when one has fewer)? Each is renormalised
+/// on the shared indices, and compared entry by entry to `tol`.
+fn rows_agree(ai: &[usize], a: &[f64], bi: &[usize], b: &[f64], tol: f64) -> bool {
+    let (mut i, mut j) = (0, 0);
+    let (mut va, mut vb) = (Vec::new(), Vec::new());
+    while i < ai.len() && j < bi.len() {
+        match ai[i].cmp(&bi[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                va.push(a[i]);
+                vb.push(b[j]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    if va.len() < PROBE_COMMON_MIN.min(ai.len()).min(bi.len()).max(2) {
+        return false;
+    }
+    let (na, nb) = (norm(&va), norm(&vb));
+    if na == 0.0 || nb == 0.0 {
+        return false;
+    }
+    let s = if dot(&va, &vb) < 0.0 { -1.0 } else { 1.0 };
+    va.iter()
+        .zip(&vb)
+        .all(|(x, y)| (x / na - s * y / nb).abs() <= tol)
 }
 
 impl ProbePool {
-    fn new(d0: usize, size: usize, tol: f64, rng: &mut ChaCha20Rng) -> Self {
-        let mut all: Vec<usize> = (0..d0).collect();
+    fn new(n: usize, size: usize, tol: f64, match_estimates: bool, rng: &mut ChaCha20Rng) -> Self {
+        let mut all: Vec<usize> = (0..n).collect();
         for i in 0..size {
-            let j = rng.random_range(i..d0);
+            let j = rng.random_range(i..n);
             all.swap(i, j);
         }
         let mut coords = all[..size].to_vec();
@@ -177,14 +225,17 @@ impl ProbePool {
             coords,
             waiting: Vec::new(),
             tol,
+            match_estimates,
         }
     }
 
-    /// Probes `cps` and returns the matched pairs: a point whose probe matched an earlier one on
-    /// another line, and that earlier partner. The caller measures the first in full and tries the
-    /// partner on the resulting estimate's hyperplane (free) before measuring it too: a full
-    /// first-layer measurement is ~4–6·d0 queries (19,400 on a 3072-input net), and the plane test
-    /// of an exact crossing holds whenever the single signature is good to ~`plane_tol`.
+    /// Probes `cps` and returns the points to measure in full: matched pairs (a point whose probe
+    /// matched an earlier one on another line, and that earlier partner), and on deeper layers the
+    /// points whose probe agrees with an estimate in `bank`. The caller measures the first of each
+    /// pair in full and tries the partner on the resulting estimate's hyperplane (free) before
+    /// measuring it too: a full first-layer measurement is ~4–6·d0 queries (19,400 on a 3072-input
+    /// net), and the plane test of an exact crossing holds whenever the single signature is good to
+    /// ~`plane_tol`. Points without a usable probe are dropped.
     fn screen<O: Oracle + ?Sized>(
         &mut self,
         oracle: &CountingOracle<'_, O>,
@@ -192,53 +243,77 @@ impl ProbePool {
         lines: &[Line],
         cps: Vec<CriticalPoint>,
         stencil: StencilParams,
-    ) -> Result<Vec<(CriticalPoint, CriticalPoint)>, ExtractError> {
+        bank: &NeuronBank,
+    ) -> Result<Screened, ExtractError> {
         let probes = measure_on(oracle, known, lines, &cps, stencil, Some(&self.coords))?;
-        let mut pairs = Vec::new();
+        let mut out = Screened::default();
         // Probes that gave no row (stencils never linear, or not one kink): ~2.5 % per line on a
-        // 3072-256×8-10; logged so that a jump in it shows up.
+        // 3072-256×8-10's first layer; logged so that a jump in it shows up.
         let mut unusable = 0usize;
-        let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() <= self.tol);
+        // Each estimate's known units and its row on them, for the deeper-layer comparison.
+        let est_rows: Vec<(Vec<usize>, Vec<f64>)> = if self.match_estimates {
+            bank.estimates
+                .iter()
+                .filter(|e| e.witnesses > 0)
+                .map(|e| {
+                    let idx: Vec<usize> = (0..e.known.len()).filter(|&k| e.known[k]).collect();
+                    let row = idx.iter().map(|&k| e.theta[k]).collect();
+                    (idx, row)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         for (cp, probe) in cps.into_iter().zip(probes) {
-            let Some(mut row) = probe.and_then(|w| w.full) else {
+            let Some((idx, row)) = probe.and_then(|w| w.full.map(|f| (w.active, f))) else {
                 unusable += 1;
                 continue;
             };
-            let big = row
+            if est_rows
                 .iter()
-                .copied()
-                .fold(0.0f64, |m, v| if v.abs() > m.abs() { v } else { m });
-            if big < 0.0 {
-                row.iter_mut().for_each(|v| *v = -*v);
+                .any(|(ki, theta)| rows_agree(&idx, &row, ki, theta, self.tol))
+            {
+                out.of_estimates.push(cp);
+                continue;
             }
             // Only a partner on another line counts: consecutive kinks of one deeper unit on the same
             // line often share the activation pattern, hence the probe row, while a first-layer
             // neuron is met once per line.
-            let hit = self
-                .waiting
-                .iter()
-                .position(|(r, other)| other.line != cp.line && close(r, &row));
+            let hit = self.waiting.iter().position(|w| {
+                w.cp.line != cp.line && rows_agree(&w.idx, &w.row, &idx, &row, self.tol)
+            });
             match hit {
                 Some(i) => {
-                    let (_, partner) = self.waiting.swap_remove(i);
-                    pairs.push((cp, partner));
+                    let partner = self.waiting.swap_remove(i).cp;
+                    out.pairs.push((cp, partner));
                 }
-                None => self.waiting.push((row, cp)),
+                None => self.waiting.push(Probe { idx, row, cp }),
             }
         }
         tracing::debug!(
-            matched = pairs.len(),
+            layer = known.layers.len() + 1,
+            matched = out.pairs.len(),
+            of_estimates = out.of_estimates.len(),
             unusable,
             waiting = self.waiting.len(),
-            "first-layer screening"
+            "screening"
         );
-        Ok(pairs)
+        Ok(out)
     }
 }
 
+/// What [`ProbePool::screen`] found worth a full measurement.
+#[derive(Debug, Default)]
+struct Screened {
+    /// Matched probes: the later point, and its earlier partner.
+    pairs: Vec<(CriticalPoint, CriticalPoint)>,
+    /// Points whose probe agrees with an estimate of the layer (deeper layers only).
+    of_estimates: Vec<CriticalPoint>,
+}
+
 /// Gives each critical point to the estimate whose hyperplane holds it (free), and measures the
-/// signatures of the rest (after first-layer screening, when enabled), adding every usable witness to
-/// the bank. Counts queries and points.
+/// signatures of the rest (after screening, when enabled), adding every usable witness to the bank.
+/// Counts queries and points.
 #[allow(clippy::too_many_arguments)]
 fn attach_or_measure<O: Oracle + ?Sized>(
     oracle: &CountingOracle<'_, O>,
@@ -251,14 +326,17 @@ fn attach_or_measure<O: Oracle + ?Sized>(
     out: &mut LayerSignatures,
     pool: Option<&mut ProbePool>,
 ) -> Result<(), ExtractError> {
-    let mut to_measure = Vec::new();
-    for cp in cps {
+    let layer_input = |cp: &CriticalPoint| {
         let x = lines[cp.line].at(cp.t);
-        let (_, h) = known
+        known
             .forward_rows(std::slice::from_ref(&x))
             .pop()
-            .expect("one row");
-        if bank.attach_point(&h, cp.line, tol) {
+            .expect("one row")
+            .1
+    };
+    let mut to_measure = Vec::new();
+    for cp in cps {
+        if bank.attach_point(&layer_input(&cp), cp.line, tol) {
             out.attached_points += 1;
         } else {
             to_measure.push(cp);
@@ -267,18 +345,18 @@ fn attach_or_measure<O: Oracle + ?Sized>(
     bank.solve_dirty();
     let q0 = oracle.queries();
     if let Some(pool) = pool {
-        let pairs = pool.screen(oracle, known, lines, to_measure, stencil)?;
-        let (first, partners): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
+        let screened = pool.screen(oracle, known, lines, to_measure, stencil, bank)?;
+        let (mut first, partners): (Vec<_>, Vec<_>) = screened.pairs.into_iter().unzip();
+        first.extend(screened.of_estimates);
         measure_into_bank(oracle, known, lines, &first, stencil, bank, tol, out)?;
         bank.solve_dirty();
         // A partner that lies on the hyperplane of the estimate its match just started joins it for
-        // free; the rest (a false match, or a signature too coarse for the plane test) are measured.
+        // free; the rest (a false match, a signature too coarse for the plane test, or on deeper
+        // layers a partner active on units the first point was not) are measured.
         to_measure = Vec::new();
         let mut joined = 0usize;
         for cp in partners {
-            // Screening runs on layer 1 only, where the layer's input is the query itself.
-            let x = lines[cp.line].at(cp.t);
-            if bank.attach_point(&x, cp.line, tol) {
+            if bank.attach_point(&layer_input(&cp), cp.line, tol) {
                 out.attached_points += 1;
                 joined += 1;
             } else {
@@ -477,9 +555,14 @@ pub fn recover_layer<O: Oracle + ?Sized>(
     let dim = known.out_dim();
     let sigma = p.origin_scale;
     let half = p.line_half_length * sigma * (d0 as f64).sqrt();
-    // Screening pays off only when a probe is much cheaper than a full first-layer measurement.
-    let screening = known.layers.is_empty() && p.probe_coords > 0 && d0 >= 4 * p.probe_coords;
-    let residual_max = if screening {
+    // Screening pays off only when a probe is much cheaper than a full measurement.
+    let first_screening = known.layers.is_empty() && p.probe_coords > 0 && d0 >= 4 * p.probe_coords;
+    let deeper_screening =
+        !known.layers.is_empty() && p.probe_units > 0 && dim >= 4 * p.probe_units;
+    // The looser residual bound, the validated-stays-complete rule and the skipped polishing below
+    // answer a first layer whose neurons each rest on one signature; deeper screened layers measure
+    // every point that brings units in full and keep the usual rules.
+    let residual_max = if first_screening {
         SCREENED_RESIDUAL_FACTOR * p.null_residual_max
     } else {
         p.null_residual_max
@@ -497,7 +580,7 @@ pub fn recover_layer<O: Oracle + ?Sized>(
     // `SCREENED_POLISH_MAX_INPUTS` inputs polishing then fits the hyperplane through the points.
     // Without screening every neuron rests on several signatures and the bench rows never needed
     // this, so they are left as they were.
-    let stays_complete = screening;
+    let stays_complete = first_screening;
     let stencil = StencilParams {
         eps: p.stencil_eps * sigma,
         shrink: p.stencil_shrink,
@@ -512,7 +595,25 @@ pub fn recover_layer<O: Oracle + ?Sized>(
         abs_floor: p.noise_floor,
     };
     let alive = alive_units(known);
-    let mut pool = screening.then(|| ProbePool::new(d0, p.probe_coords, 10.0 * p.cluster_tol, rng));
+    let mut pool = if first_screening {
+        Some(ProbePool::new(
+            d0,
+            p.probe_coords,
+            10.0 * p.cluster_tol,
+            false,
+            rng,
+        ))
+    } else if deeper_screening {
+        Some(ProbePool::new(
+            dim,
+            p.probe_units,
+            10.0 * p.cluster_tol,
+            true,
+            rng,
+        ))
+    } else {
+        None
+    };
     let mut bank = NeuronBank::new(dim, p.hyperplane_weight);
     let mut lines: Vec<Line> = Vec::new();
     // Validation verdicts, keyed by the estimate's first anchor (stable across merges of others).
@@ -836,7 +937,7 @@ pub fn recover_layer<O: Oracle + ?Sized>(
     // Let the precisely located crossings, not the signatures, set the hyperplanes — except where
     // at least half the refinement points already lie within `polish_skip_below` of the estimate,
     // and on a screened first layer wider than `SCREENED_POLISH_MAX_INPUTS`.
-    let unpolished = screening && d0 > SCREENED_POLISH_MAX_INPUTS;
+    let unpolished = first_screening && d0 > SCREENED_POLISH_MAX_INPUTS;
     let precise: Vec<bool> = tally
         .iter()
         .map(|&(_, confirmed, worst)| {

@@ -132,6 +132,17 @@ pub struct ExtractParams {
     /// 2^-31.0 absolute), hence off by default. Used only when d0 ≥ 4k; 1 is invalid (one coordinate
     /// says nothing about direction).
     pub probe_coords: usize,
+    /// Deeper-layer screening (off by default): on layers after the first, unattached critical points
+    /// are probed on the active ones among this many fixed random units of the previous layer (about
+    /// 2·k + 2 queries when half the units are active) before a full measurement (4·|active| + 2,
+    /// ~514 on a 256-wide layer). A point is measured in full only when its probe agrees, on at least
+    /// [`PROBE_COMMON_MIN`](crate::params::PROBE_COMMON_MIN) shared units, with an estimate of the
+    /// layer or with another probe on another line. A deeper kink's effective row in the previous
+    /// layer's units changes with the activation pattern between, so it matches nothing and costs a
+    /// probe. Made for wide layers (the 3072-256×8-10's second layer meets ~3,500 kinks on one line);
+    /// used only when the previous layer has ≥ 4·k units. 1 is invalid.
+    #[serde(default)]
+    pub probe_units: usize,
     /// Extra critical points per neuron placed offline (predicted from the current estimate, confirmed
     /// by a few queries) to refine precision. Default 8.
     pub refine_points: usize,
@@ -234,11 +245,18 @@ pub struct ExtractParams {
     pub threads: Option<usize>,
 }
 
-/// Serde defaults of fields added after the first checkpoint schema (older `state.json` files).
 /// Hard limit on witness rounds per layer, as a multiple of `max_rounds_per_layer`, however long
 /// progress continues (see `round_patience`): bounds the time spent on one layer.
 pub const ROUND_LIMIT_FACTOR: usize = 4;
 
+/// Fewest shared probed units for two deeper-layer probes (or a probe and an estimate) to be compared
+/// (see [`ExtractParams::probe_units`]). Two unit rows agreeing to the probe tolerance (1e-6) on 4
+/// coordinates by accident means 3 free directions matching to 1e-6 each; with k = 32 probed units,
+/// about half active at each point, two points share ~8 on average, and a pair sharing fewer simply
+/// waits for another partner.
+pub const PROBE_COMMON_MIN: usize = 4;
+
+/// Serde defaults of fields added after the first checkpoint schema (older `state.json` files).
 mod defaults {
     pub fn round_patience() -> usize {
         8
@@ -326,6 +344,7 @@ impl Default for ExtractParamsBuilder {
                 stencil_shrink: 0.1,
                 stencil_tries: 5,
                 probe_coords: 0,
+                probe_units: 0,
                 refine_points: 8,
                 sign_points: 24,
                 sign_confidence_min: 0.9,
@@ -381,6 +400,7 @@ impl ExtractParamsBuilder {
     setter!(stencil_tries, usize);
     setter!(refine_points, usize);
     setter!(probe_coords, usize);
+    setter!(probe_units, usize);
     setter!(sign_points, usize);
     setter!(sign_confidence_min, f64);
     setter!(sign_min_votes, usize);
@@ -529,6 +549,12 @@ impl ExtractParamsBuilder {
                 "must be 0 (off) or at least 2 (one coordinate says nothing about direction)",
             ));
         }
+        if p.probe_units == 1 {
+            return Err(bad(
+                "probe_units",
+                "must be 0 (off) or at least 2 (one unit says nothing about direction)",
+            ));
+        }
         if p.min_common_coords < 2 {
             return Err(bad("min_common_coords", "must be at least 2"));
         }
@@ -615,6 +641,7 @@ mod tests {
             (b().wiggle_samples(0), "wiggle_samples"),
             (b().min_common_coords(1), "min_common_coords"),
             (b().probe_coords(1), "probe_coords"),
+            (b().probe_units(1), "probe_units"),
             (b().max_queries(Some(0)), "max_queries"),
             (b().threads(Some(0)), "threads"),
             (b().plane_tol(0.0), "plane_tol"),

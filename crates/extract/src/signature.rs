@@ -127,23 +127,39 @@ fn geometry(known: &KnownPrefix, x: &[f64], coords: Option<&[usize]>) -> Option<
         && let Some((pinv, cond)) = right_pinv(&ja)
         && cond > 1e-9
     {
-        let r = active.len();
+        // A probe moves only the probed units that are active here (column k of the pseudo-inverse
+        // moves unit `active[k]` alone); a full measurement moves every active unit.
+        let picked: Vec<usize> = match coords {
+            Some(units) => (0..active.len())
+                .filter(|&k| units.binary_search(&active[k]).is_ok())
+                .collect(),
+            None => (0..active.len()).collect(),
+        };
+        if picked.is_empty() {
+            return None;
+        }
+        let r = picked.len();
         let mut dirs = Mat::<f64>::zeros(d0, r);
         let mut scale = vec![0.0; r];
-        for k in 0..r {
+        for (c, &k) in picked.iter().enumerate() {
             let nk = (0..d0).map(|i| pinv[(i, k)].powi(2)).sum::<f64>().sqrt();
-            scale[k] = nk;
+            scale[c] = nk;
             for i in 0..d0 {
-                dirs[(i, k)] = pinv[(i, k)] / nk;
+                dirs[(i, c)] = pinv[(i, k)] / nk;
             }
         }
         return Some(Geometry {
             h: st.h,
-            active,
+            active: picked.iter().map(|&k| active[k]).collect(),
             dirs: Dirs::Mat(dirs),
             a_rows: Mat::<f64>::zeros(0, dim),
             full_scale: Some(scale),
         });
+    }
+    if coords.is_some() {
+        // No probe without full row rank: the partial constraint of a rank-deficient point does not
+        // isolate units, so it cannot be compared with another point's.
+        return None;
     }
     // Partial: orthonormal basis of the row space of J_A.
     let jat = ja.transpose().to_owned(); // d0 × |A|
@@ -184,10 +200,39 @@ pub fn measure<O: Oracle + ?Sized>(
     measure_on(oracle, known, lines, cps, p, None)
 }
 
-/// [`measure`], restricted for the first layer to the input coordinates `coords` (a *probe*: the
-/// witness's `full` row holds the weights on `coords` only, unit norm). Costs `4·|coords| + 2`
-/// queries per point instead of `4·d0 + 2`.
+/// [`measure`], restricted to `coords` (a *probe*; sorted). On the first layer these are input
+/// coordinates: the witness's `full` row holds the weights on `coords` only, unit norm, for
+/// `4·|coords| + 2` queries per point instead of `4·d0 + 2`. On deeper layers they are units of the
+/// previous layer: only those active at the point are probed (the witness's `active`), and a point
+/// without full row rank, or with none of them active, gives no probe.
 pub fn measure_on<O: Oracle + ?Sized>(
+    oracle: &CountingOracle<'_, O>,
+    known: &KnownPrefix,
+    lines: &[Line],
+    cps: &[CriticalPoint],
+    p: StencilParams,
+    coords: Option<&[usize]>,
+) -> Result<Vec<Option<Witness>>, OracleError> {
+    // Past the first layer each point in flight holds its stencil directions (d0 × |active|: 3 MB on
+    // a 3072-256 layer, where one search line meets ~3,500 kinks), so points go in chunks of bounded
+    // memory. Points are independent: the chunking changes neither the answers nor the query count.
+    // First-layer directions are coordinate indices, and need no chunks.
+    let per_chunk = if known.layers.is_empty() {
+        cps.len().max(1)
+    } else {
+        (GEOMETRY_BYTES_MAX / (8 * known.input_dim.max(1) * known.out_dim().max(1))).max(1)
+    };
+    let mut out = Vec::with_capacity(cps.len());
+    for chunk in cps.chunks(per_chunk) {
+        out.extend(measure_chunk(oracle, known, lines, chunk, p, coords)?);
+    }
+    Ok(out)
+}
+
+/// Memory budget of the stencil directions of the points measured together (see [`measure_on`]).
+const GEOMETRY_BYTES_MAX: usize = 1 << 30;
+
+fn measure_chunk<O: Oracle + ?Sized>(
     oracle: &CountingOracle<'_, O>,
     known: &KnownPrefix,
     lines: &[Line],
@@ -207,12 +252,19 @@ pub fn measure_on<O: Oracle + ?Sized>(
         db: Vec<Option<Vec<f64>>>,
         mhat: Vec<f64>,
     }
+    // The local geometry (a pseudo-inverse of the known prefix's Jacobian, ~10⁸ flops per point on
+    // a 3072-input net's second layer) is independent per point: computed on all cores.
+    use rayon::prelude::*;
+    let geos: Vec<Option<Geometry>> = cps
+        .par_iter()
+        .map(|cp| geometry(known, &lines[cp.line].at(cp.t), coords))
+        .collect();
     let mut jobs: Vec<Option<Job>> = Vec::with_capacity(cps.len());
     let mut centre_pts = Vec::new();
-    for cp in cps {
+    for (cp, geo) in cps.iter().zip(geos) {
         let line = &lines[cp.line];
         let x = line.at(cp.t);
-        let Some(geo) = geometry(known, &x, coords) else {
+        let Some(geo) = geo else {
             jobs.push(None);
             continue;
         };

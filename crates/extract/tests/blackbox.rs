@@ -171,3 +171,38 @@ fn first_layer_screening_measures_fewer_points_and_stays_exact() {
         a.queries.signature
     );
 }
+
+/// Deeper-layer screening (`probe_units`): on layers after the first each unattached critical point
+/// is probed on the active ones among a few previous-layer units, and measured in full only when the
+/// probe agrees with an estimate of the layer or with another probe. Kinks of the layers below then
+/// cost a probe each, so layer 2 measures fewer points in full, and the extraction stays exact.
+#[test]
+fn deeper_layer_screening_measures_fewer_points_and_stays_exact() {
+    let arch: Arch = "96-40-40-40-1".parse().unwrap();
+    let truth = Network::random(&arch, InitRecipe::Balanced, 3);
+    let run = |probe: usize| {
+        let p = ExtractParams::builder()
+            .seed(5)
+            .probe_units(probe)
+            .build()
+            .unwrap();
+        extract(&hidden(truth.clone()), &arch, &p, |_| {}).expect("extraction succeeds")
+    };
+    let (plain, screened) = (run(0), run(10));
+    for ex in [&plain, &screened] {
+        let err = rel_error(&truth, &ex.network, 20_000, 7);
+        assert!(err < 1e-9, "relative functional error {err:e}");
+    }
+    // Layer 1 is not screened: the same run up to there.
+    assert_eq!(
+        plain.report.layers[0].queries.signature,
+        screened.report.layers[0].queries.signature
+    );
+    let (a, b) = (&plain.report.layers[1], &screened.report.layers[1]);
+    assert!(
+        b.measured_witnesses < a.measured_witnesses,
+        "screened layer 2 measured {} points in full, unscreened {}",
+        b.measured_witnesses,
+        a.measured_witnesses
+    );
+}
