@@ -561,7 +561,8 @@ pub fn recover_layer<O: Oracle + ?Sized>(
         !known.layers.is_empty() && p.probe_units > 0 && dim >= 4 * p.probe_units;
     // The looser residual bound, the validated-stays-complete rule and the skipped polishing below
     // answer a first layer whose neurons each rest on one signature; deeper screened layers measure
-    // every point that brings units in full and keep the usual rules.
+    // every point that brings units in full and keep the usual residual bound (but not the
+    // validated-stays-complete rule, see below).
     let residual_max = if first_screening {
         SCREENED_RESIDUAL_FACTOR * p.null_residual_max
     } else {
@@ -578,9 +579,12 @@ pub fn recover_layer<O: Oracle + ?Sized>(
     // of its one signature against many exact points creeps over the bound (4.6e-8 after 9 lines for
     // a neuron validated in round 1) without anything being wrong; up to
     // `SCREENED_POLISH_MAX_INPUTS` inputs polishing then fits the hyperplane through the points.
+    // Deeper screened layers (`probe_units`) need the same rule: on the balanced 3072-256×8-10,
+    // layer 2 had 16 neurons validated by prediction that stopped counting after 28–42 full
+    // witnesses, at joint residuals of 1.0e-8–1.5e-8 against the 1e-8 bound (round 2: 166 counted).
     // Without screening every neuron rests on several signatures and the bench rows never needed
     // this, so they are left as they were.
-    let stays_complete = first_screening;
+    let stays_complete = first_screening || deeper_screening;
     let stencil = StencilParams {
         eps: p.stencil_eps * sigma,
         shrink: p.stencil_shrink,
@@ -769,14 +773,22 @@ pub fn recover_layer<O: Oracle + ?Sized>(
         if round >= 1 {
             let mut follow_lines: Vec<Line> = Vec::new();
             let mut segs = Vec::new();
+            // Estimates that asked for following, and the units they lacked: shows when the cap,
+            // not the search, holds a wide layer back.
+            let (mut asking, mut lacking) = (0usize, 0usize);
             for e in bank.estimates.iter().filter(|e| {
                 e.residual <= residual_max
                     && !e.anchors.is_empty()
                     && independent_lines(e, &following) >= p.min_witnesses
             }) {
                 let missing: Vec<usize> = (0..dim).filter(|&k| !e.known[k] && alive[k]).collect();
+                if !missing.is_empty() {
+                    asking += 1;
+                    lacking += missing.len();
+                }
+                // Past the cap the rest are only counted (no rng draw: the same stream as a break).
                 if follow_lines.len() >= MAX_FOLLOW_LINES_PER_ROUND {
-                    break;
+                    continue;
                 }
                 for &k in missing.iter().take(4) {
                     let anchor = &e.anchors[rng.random_range(0..e.anchors.len())];
@@ -808,6 +820,8 @@ pub fn recover_layer<O: Oracle + ?Sized>(
                 )?;
                 tracing::debug!(
                     following = lines.len() - base,
+                    asking,
+                    lacking,
                     segments = segs.len(),
                     queries = oracle.queries() - q0,
                     "hyperplane following"
@@ -864,6 +878,7 @@ pub fn recover_layer<O: Oracle + ?Sized>(
                 residual = e.residual,
                 gap = e.gap,
                 complete = is_complete(e, &alive, p, &following, residual_max),
+                missing_units = (0..dim).filter(|&k| !e.known[k] && alive[k]).count(),
                 validated = ?validated.get(&est_key(e)),
                 "estimate not counted"
             );
