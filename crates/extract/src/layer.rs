@@ -398,6 +398,24 @@ fn measure_into_bank<O: Oracle + ?Sized>(
 /// memory growth seen on the 8th layer of a balanced 784-16×8-1: that has another cause, still open.)
 const MAX_FOLLOW_LINES_PER_ROUND: usize = 256;
 
+/// Missing units an estimate is followed towards per round (one line each).
+const FOLLOW_UNITS_PER_ESTIMATE: usize = 4;
+
+/// Orders the hyperplane-following asks `(estimate, missing units)` of one round. When they exceed
+/// the cap, the estimates closest to complete go first: in bank order the same first ~64 estimates
+/// took the whole cap round after round and the rest were never followed (the 3072-256×8-10's second
+/// layer had ~216 promising estimates asking). Below the cap the bank's order stays, and with it
+/// every small net's rng stream.
+fn order_follow_asks<T>(asks: &mut [(T, Vec<usize>)]) {
+    let wanted: usize = asks
+        .iter()
+        .map(|(_, m)| m.len().min(FOLLOW_UNITS_PER_ESTIMATE))
+        .sum();
+    if wanted > MAX_FOLLOW_LINES_PER_ROUND {
+        asks.sort_by_key(|(_, m)| m.len());
+    }
+}
+
 /// Identity of an estimate for bookkeeping: the bits of its first anchor point.
 fn est_key(e: &NeuronEstimate) -> Vec<u64> {
     e.anchors
@@ -514,6 +532,18 @@ const SCREENED_RESIDUAL_FACTOR: f64 = 3.0;
 /// a median 9e-11, worst 3e-7, of their norm.
 const SCREENED_POLISH_MAX_INPUTS: usize = 1024;
 
+/// Units of the previous layer that are alive but not yet known to the estimate `e`: what hyperplane
+/// following still has to find, and why an estimate is not complete.
+fn missing_units(e: &NeuronEstimate, alive: &[bool]) -> Vec<usize> {
+    e.known
+        .iter()
+        .zip(alive)
+        .enumerate()
+        .filter(|(_, (known, alive))| !**known && **alive)
+        .map(|(k, _)| k)
+        .collect()
+}
+
 fn is_complete(
     e: &NeuronEstimate,
     alive: &[bool],
@@ -523,7 +553,7 @@ fn is_complete(
 ) -> bool {
     independent_lines(e, following) >= p.min_witnesses
         && e.residual <= residual_max
-        && e.known.iter().zip(alive).all(|(k, a)| *k || !*a)
+        && missing_units(e, alive).is_empty()
 }
 
 /// Do `a` and `b` describe the same hyperplane: parallel on every coordinate both constrain (at
@@ -666,12 +696,7 @@ pub fn recover_layer<O: Oracle + ?Sized>(
                     independent_lines(e, &following) >= p.min_witnesses
                         && e.residual <= residual_max
                 })
-                .flat_map(|(i, e)| {
-                    (0..dim)
-                        .filter(|&k| !e.known[k] && alive[k])
-                        .map(move |k| (i, k))
-                        .collect::<Vec<_>>()
-                })
+                .flat_map(|(i, e)| missing_units(e, &alive).into_iter().map(move |k| (i, k)))
                 .collect()
         } else {
             Vec::new()
@@ -775,22 +800,25 @@ pub fn recover_layer<O: Oracle + ?Sized>(
             let mut segs = Vec::new();
             // Estimates that asked for following, and the units they lacked: shows when the cap,
             // not the search, holds a wide layer back.
-            let (mut asking, mut lacking) = (0usize, 0usize);
-            for e in bank.estimates.iter().filter(|e| {
-                e.residual <= residual_max
-                    && !e.anchors.is_empty()
-                    && independent_lines(e, &following) >= p.min_witnesses
-            }) {
-                let missing: Vec<usize> = (0..dim).filter(|&k| !e.known[k] && alive[k]).collect();
-                if !missing.is_empty() {
-                    asking += 1;
-                    lacking += missing.len();
-                }
-                // Past the cap the rest are only counted (no rng draw: the same stream as a break).
+            let mut asks: Vec<(&NeuronEstimate, Vec<usize>)> = bank
+                .estimates
+                .iter()
+                .filter(|e| {
+                    e.residual <= residual_max
+                        && !e.anchors.is_empty()
+                        && independent_lines(e, &following) >= p.min_witnesses
+                })
+                .map(|e| (e, missing_units(e, &alive)))
+                .filter(|(_, missing)| !missing.is_empty())
+                .collect();
+            let asking = asks.len();
+            let lacking: usize = asks.iter().map(|(_, m)| m.len()).sum();
+            order_follow_asks(&mut asks);
+            for (e, missing) in asks {
                 if follow_lines.len() >= MAX_FOLLOW_LINES_PER_ROUND {
-                    continue;
+                    break;
                 }
-                for &k in missing.iter().take(4) {
+                for &k in missing.iter().take(FOLLOW_UNITS_PER_ESTIMATE) {
                     let anchor = &e.anchors[rng.random_range(0..e.anchors.len())];
                     if let Some((line, r)) = follow_to_unit(known, &e.theta, anchor, k) {
                         let id = lines.len() + follow_lines.len();
@@ -878,7 +906,7 @@ pub fn recover_layer<O: Oracle + ?Sized>(
                 residual = e.residual,
                 gap = e.gap,
                 complete = is_complete(e, &alive, p, &following, residual_max),
-                missing_units = (0..dim).filter(|&k| !e.known[k] && alive[k]).count(),
+                missing_units = missing_units(e, &alive).len(),
                 validated = ?validated.get(&est_key(e)),
                 "estimate not counted"
             );
@@ -1165,4 +1193,33 @@ fn refine<O: Oracle + ?Sized>(
         est.par_iter_mut().for_each(|e| e.solve());
     }
     Ok(tally)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn follow_asks_keep_bank_order_below_the_cap_and_go_closest_first_above_it() {
+        let asks_of = |lens: &[usize]| -> Vec<(usize, Vec<usize>)> {
+            lens.iter()
+                .enumerate()
+                .map(|(i, &n)| (i, (0..n).collect()))
+                .collect()
+        };
+        // 10 estimates asking for at most 4 lines each: 40 lines, under the cap.
+        let lens: Vec<usize> = (0..10).map(|i| 10 - i).collect();
+        let mut asks = asks_of(&lens);
+        order_follow_asks(&mut asks);
+        assert_eq!(asks, asks_of(&lens));
+        // 100 estimates asking for 4 each: over the cap, fewest missing first, ties in bank order.
+        let lens: Vec<usize> = (0..100).map(|i| 4 + (97 * i) % 13).collect();
+        let mut asks = asks_of(&lens);
+        order_follow_asks(&mut asks);
+        assert!(
+            asks.windows(2).all(|w| w[0].1.len() < w[1].1.len()
+                || (w[0].1.len() == w[1].1.len() && w[0].0 < w[1].0))
+        );
+        assert_eq!(asks.len(), 100);
+    }
 }

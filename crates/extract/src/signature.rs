@@ -102,8 +102,149 @@ struct Geometry {
     full_scale: Option<Vec<f64>>, // |v_k| for full witnesses
 }
 
-fn geometry(known: &KnownPrefix, x: &[f64], coords: Option<&[usize]>) -> Option<Geometry> {
+/// `cond(J_A)` (s_min/s_max) from which [`gram_geometry`] computes the directions itself; below it the
+/// SVD of `J_A` does. The normal equations square the condition number: at 1e-4 the Gram matrix's
+/// 1e-8 leaves the once-refined directions at rounding level, and random nets' points sit far above
+/// it (the balanced 3072-256-256-256-10's second and third layers).
+const GRAM_COND_MIN: f64 = 1e-4;
+
+/// What [`gram_geometry`] decided.
+enum GramOutcome {
+    /// The answer, as the SVD path would give it (up to rounding).
+    Done(Option<Geometry>),
+    /// Too ill-conditioned for the normal equations, or a partial witness: the SVD path decides.
+    Fallback,
+}
+
+/// `W₁ W₁ᵀ` of the first known layer (`n₁ × n₁`), for [`gram_geometry`]; `None` on the first layer.
+fn first_layer_gram(known: &KnownPrefix) -> Option<Mat<f64>> {
+    known
+        .layers
+        .first()
+        .map(|l| &l.weight * l.weight.transpose())
+}
+
+/// [`geometry`] of a deeper layer without the `dim × d0` Jacobian. The prefix's Jacobian at `x` is
+/// `J = P W₁` with `P = D_L W_L ⋯ W₂ D₁` (`dim × n₁`, products of small matrices), so the Gram matrix
+/// of the active rows is `P_A (W₁W₁ᵀ) P_Aᵀ` and the pseudo-inverse columns the directions need are
+/// `W₁ᵀ P_Aᵀ (P_A G P_Aᵀ)⁻¹ e_k`: only the picked columns (a probe's few units) are ever formed. One
+/// step of iterative refinement brings them to the SVD's accuracy. On the 3072-input bench
+/// (`benches/deep_geometry.rs`) this replaced an SVD of a 3072 × |A| matrix and a 256 × 3072
+/// Jacobian per point, which was nearly all of the screening time on a deeper layer.
+///
+/// `J_A` cannot have full row rank when `|A|` exceeds the active count of an earlier known layer
+/// (or `d0`): a probe then gives nothing at once, without any algebra.
+fn gram_geometry(
+    known: &KnownPrefix,
+    gram: &Mat<f64>,
+    x: &[f64],
+    coords: Option<&[usize]>,
+) -> GramOutcome {
     let d0 = known.input_dim;
+    let w1 = &known.layers[0].weight;
+    let n1 = w1.nrows();
+    let mut h = x.to_vec();
+    // P of the layers so far (`width × n₁`); rank bound of J from the earlier layers.
+    let mut p = Mat::<f64>::zeros(0, n1);
+    let mut rank_bound = d0;
+    for (li, l) in known.layers.iter().enumerate() {
+        // Same forward pass as `KnownPrefix::local_from`, so `h` and the active set agree bit for bit.
+        let hv = faer::Col::<f64>::from_fn(h.len(), |i| h[i]);
+        let wh = &l.weight * &hv;
+        let z: Vec<f64> = (0..l.fan_out()).map(|r| l.bias[r] + wh[r]).collect();
+        let on: Vec<bool> = z.iter().map(|&v| v > 0.0).collect();
+        h = z
+            .iter()
+            .zip(&on)
+            .map(|(&v, &a)| if a { v } else { 0.0 })
+            .collect();
+        p = if li == 0 {
+            Mat::from_fn(n1, n1, |i, j| if i == j && on[i] { 1.0 } else { 0.0 })
+        } else {
+            let mut m = &l.weight * &p;
+            for (r, _) in on.iter().enumerate().filter(|(_, a)| !**a) {
+                m.row_mut(r).fill(0.0);
+            }
+            m
+        };
+        if li + 1 < known.layers.len() {
+            rank_bound = rank_bound.min(on.iter().filter(|a| **a).count());
+        }
+    }
+    let active: Vec<usize> = (0..h.len()).filter(|&k| h[k] > 0.0).collect();
+    if active.is_empty() {
+        return GramOutcome::Done(None);
+    }
+    let picked: Vec<usize> = match coords {
+        Some(units) => (0..active.len())
+            .filter(|&k| units.binary_search(&active[k]).is_ok())
+            .collect(),
+        None => (0..active.len()).collect(),
+    };
+    if coords.is_some() && (picked.is_empty() || active.len() > rank_bound) {
+        // No probe: nothing probed is active, or `J_A` is rank deficient (see `geometry`).
+        return GramOutcome::Done(None);
+    }
+    if active.len() > rank_bound {
+        return GramOutcome::Fallback;
+    }
+    let pa = Mat::<f64>::from_fn(active.len(), n1, |i, j| p[(active[i], j)]);
+    let k = &pa * gram * pa.transpose();
+    let Ok(ev) = k.self_adjoint_eigenvalues(faer::Side::Lower) else {
+        return GramOutcome::Fallback;
+    };
+    let (lmin, lmax) = (ev[0], ev[ev.len() - 1]);
+    if !(lmax > 0.0 && lmin > GRAM_COND_MIN * GRAM_COND_MIN * lmax) {
+        return GramOutcome::Fallback;
+    }
+    let Ok(llt) = k.llt(faer::Side::Lower) else {
+        return GramOutcome::Fallback;
+    };
+    use faer::linalg::solvers::Solve;
+    let r = picked.len();
+    let e = Mat::<f64>::from_fn(
+        active.len(),
+        r,
+        |i, c| if i == picked[c] { 1.0 } else { 0.0 },
+    );
+    let w1t = w1.transpose();
+    let mut u = w1t * (pa.transpose() * llt.solve(&e));
+    // One refinement step: the residual of J_A u = e, computed as P_A (W₁ u).
+    let res = &e - &pa * (w1 * &u);
+    u += w1t * (pa.transpose() * llt.solve(&res));
+    let mut dirs = Mat::<f64>::zeros(d0, r);
+    let mut scale = vec![0.0; r];
+    for c in 0..r {
+        let nk = u.col(c).norm_l2();
+        if !(nk > 0.0 && nk.is_finite()) {
+            return GramOutcome::Fallback;
+        }
+        scale[c] = nk;
+        for i in 0..d0 {
+            dirs[(i, c)] = u[(i, c)] / nk;
+        }
+    }
+    GramOutcome::Done(Some(Geometry {
+        active: picked.iter().map(|&k| active[k]).collect(),
+        h,
+        dirs: Dirs::Mat(dirs),
+        a_rows: Mat::<f64>::zeros(0, known.out_dim()),
+        full_scale: Some(scale),
+    }))
+}
+
+fn geometry(
+    known: &KnownPrefix,
+    x: &[f64],
+    coords: Option<&[usize]>,
+    gram: Option<&Mat<f64>>,
+) -> Option<Geometry> {
+    let d0 = known.input_dim;
+    if let Some(g) = gram
+        && let GramOutcome::Done(geo) = gram_geometry(known, g, x, coords)
+    {
+        return geo;
+    }
     if known.layers.is_empty() {
         // First layer: the row itself, on a few coordinates (a probe) or on all of them.
         let cs: Vec<usize> = coords.map_or_else(|| (0..d0).collect(), <[usize]>::to_vec);
@@ -222,9 +363,18 @@ pub fn measure_on<O: Oracle + ?Sized>(
     } else {
         (GEOMETRY_BYTES_MAX / (8 * known.input_dim.max(1) * known.out_dim().max(1))).max(1)
     };
+    let gram = first_layer_gram(known);
     let mut out = Vec::with_capacity(cps.len());
     for chunk in cps.chunks(per_chunk) {
-        out.extend(measure_chunk(oracle, known, lines, chunk, p, coords)?);
+        out.extend(measure_chunk(
+            oracle,
+            known,
+            lines,
+            chunk,
+            p,
+            coords,
+            gram.as_ref(),
+        )?);
     }
     Ok(out)
 }
@@ -239,6 +389,7 @@ fn measure_chunk<O: Oracle + ?Sized>(
     cps: &[CriticalPoint],
     p: StencilParams,
     coords: Option<&[usize]>,
+    gram: Option<&Mat<f64>>,
 ) -> Result<Vec<Option<Witness>>, OracleError> {
     struct Job {
         geo: Geometry,
@@ -252,12 +403,12 @@ fn measure_chunk<O: Oracle + ?Sized>(
         db: Vec<Option<Vec<f64>>>,
         mhat: Vec<f64>,
     }
-    // The local geometry (a pseudo-inverse of the known prefix's Jacobian, ~10⁸ flops per point on
-    // a 3072-input net's second layer) is independent per point: computed on all cores.
+    // The local geometry (pseudo-inverse columns of the known prefix's Jacobian) is independent per
+    // point: computed on all cores.
     use rayon::prelude::*;
     let geos: Vec<Option<Geometry>> = cps
         .par_iter()
-        .map(|cp| geometry(known, &lines[cp.line].at(cp.t), coords))
+        .map(|cp| geometry(known, &lines[cp.line].at(cp.t), coords, gram))
         .collect();
     let mut jobs: Vec<Option<Job>> = Vec::with_capacity(cps.len());
     let mut centre_pts = Vec::new();
@@ -423,4 +574,78 @@ fn measure_chunk<O: Oracle + ?Sized>(
         }));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netxray_relu::{Arch, InitRecipe, Network};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha20Rng;
+
+    /// The Gram path and the SVD path agree on the active units, the scales and the directions (to
+    /// rounding), for full measurements and probes, one and two known layers deep; and where one
+    /// gives no geometry, neither does the other.
+    #[test]
+    fn gram_geometry_matches_the_svd_path() {
+        let net = Network::random(
+            &"60-14-12-10-1".parse::<Arch>().unwrap(),
+            InitRecipe::Balanced,
+            5,
+        );
+        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        let (mut compared, mut both_none, mut by_gram) = (0, 0, 0);
+        for depth in 1..=2 {
+            let known = KnownPrefix {
+                layers: net.layers()[..depth].to_vec(),
+                input_dim: 60,
+            };
+            let gram = first_layer_gram(&known).unwrap();
+            let probe = [1usize, 4, 6, 9];
+            for _ in 0..40 {
+                let x: Vec<f64> = (0..60).map(|_| rng.random_range(-1.0..1.0)).collect();
+                for coords in [None, Some(&probe[..])] {
+                    if let GramOutcome::Done(Some(_)) = gram_geometry(&known, &gram, &x, coords) {
+                        by_gram += 1;
+                    }
+                    let fast = geometry(&known, &x, coords, Some(&gram));
+                    let slow = geometry(&known, &x, coords, None);
+                    match (fast, slow) {
+                        (Some(f), Some(s)) => {
+                            assert_eq!(f.active, s.active);
+                            assert_eq!(f.h, s.h);
+                            let (Dirs::Mat(fd), Dirs::Mat(sd)) = (&f.dirs, &s.dirs) else {
+                                panic!("deeper layers move along matrices");
+                            };
+                            if s.full_scale.is_none() {
+                                // A partial witness: the fast path handed it to the SVD path.
+                                assert!(f.full_scale.is_none());
+                                continue;
+                            }
+                            let (fs, ss) = (f.full_scale.unwrap(), s.full_scale.unwrap());
+                            for c in 0..fs.len() {
+                                assert!((fs[c] - ss[c]).abs() <= 1e-12 * ss[c], "scale {c}");
+                                for i in 0..60 {
+                                    assert!((fd[(i, c)] - sd[(i, c)]).abs() <= 1e-12, "dir {c}");
+                                }
+                            }
+                            compared += 1;
+                        }
+                        (None, None) => both_none += 1,
+                        (f, s) => panic!(
+                            "paths disagree on existence: gram {}, svd {}",
+                            f.is_some(),
+                            s.is_some()
+                        ),
+                    }
+                }
+            }
+        }
+        assert!(compared >= 40, "only {compared} full-rank points compared");
+        assert!(by_gram >= 40, "the Gram path answered only {by_gram} times");
+        assert!(
+            both_none >= 1,
+            "no point without a probe: the rank rule went untested"
+        );
+    }
 }
