@@ -10,10 +10,10 @@
 //!
 //! `cargo bench -p netxray-extract --bench deep_geometry` (about 3 minutes on 2 cores).
 
-use netxray_extract::critical::{Line, SearchTol, find_critical_points};
+use netxray_extract::critical::{Line, find_critical_points};
 use netxray_extract::known::KnownPrefix;
 use netxray_extract::layer::{free_segments, random_line};
-use netxray_extract::signature::{StencilParams, measure, measure_on};
+use netxray_extract::signature::{measure, measure_on};
 use netxray_extract::{CountingOracle, ExtractParams, NetworkOracle};
 use netxray_relu::{Arch, InitRecipe, Network};
 use rand::SeedableRng;
@@ -36,19 +36,8 @@ fn main() {
     let d0 = 3072;
     let sigma = p.origin_scale;
     let half = p.line_half_length * sigma * (d0 as f64).sqrt();
-    let stencil = StencilParams {
-        eps: p.stencil_eps * sigma,
-        shrink: p.stencil_shrink,
-        tries: p.stencil_tries,
-        rel_tol: p.linearity_rel_tol,
-        rank_one_tol: p.rank_one_tol,
-        abs_floor: p.noise_floor,
-    };
-    let search_tol = SearchTol {
-        rel_tol: p.linearity_rel_tol,
-        min_interval_rel: p.min_interval_rel,
-        abs_floor: p.noise_floor,
-    };
+    let stencil = p.stencil();
+    let search_tol = p.search_tol();
     let target = NetworkOracle::new(net.clone());
     let oracle = CountingOracle::new(&target, None);
     let mut rng = ChaCha20Rng::seed_from_u64(1);

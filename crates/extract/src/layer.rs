@@ -639,19 +639,8 @@ pub fn recover_layer<O: Oracle + ?Sized>(
     // Without screening every neuron rests on several signatures and the bench rows never needed
     // this, so they are left as they were.
     let stays_complete = first_screening || deeper_screening;
-    let stencil = StencilParams {
-        eps: p.stencil_eps * sigma,
-        shrink: p.stencil_shrink,
-        tries: p.stencil_tries,
-        rel_tol: p.linearity_rel_tol,
-        rank_one_tol: p.rank_one_tol,
-        abs_floor: p.noise_floor,
-    };
-    let search_tol = SearchTol {
-        rel_tol: p.linearity_rel_tol,
-        min_interval_rel: p.min_interval_rel,
-        abs_floor: p.noise_floor,
-    };
+    let stencil = p.stencil();
+    let search_tol = p.search_tol();
     let alive = alive_units(known);
     let mut pool = if first_screening {
         Some(ProbePool::new(

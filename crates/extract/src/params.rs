@@ -305,6 +305,27 @@ impl ExtractParams {
             .precision(precision)
             .p
     }
+
+    /// The stencil settings of a witness measurement (first step scaled by `origin_scale`).
+    pub fn stencil(&self) -> crate::signature::StencilParams {
+        crate::signature::StencilParams {
+            eps: self.stencil_eps * self.origin_scale,
+            shrink: self.stencil_shrink,
+            tries: self.stencil_tries,
+            rel_tol: self.linearity_rel_tol,
+            rank_one_tol: self.rank_one_tol,
+            abs_floor: self.noise_floor,
+        }
+    }
+
+    /// The tolerances of the critical-point search.
+    pub fn search_tol(&self) -> crate::critical::SearchTol {
+        crate::critical::SearchTol {
+            rel_tol: self.linearity_rel_tol,
+            min_interval_rel: self.min_interval_rel,
+            abs_floor: self.noise_floor,
+        }
+    }
 }
 
 impl Default for ExtractParams {
