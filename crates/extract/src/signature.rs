@@ -143,21 +143,13 @@ fn gram_geometry(
     let d0 = known.input_dim;
     let w1 = &known.layers[0].weight;
     let n1 = w1.nrows();
-    let mut h = x.to_vec();
+    // The prefix's own forward pass, so `h` and the active sets are those of the SVD path.
+    let pre = known.pre_activations(x, known.layers.len());
     // P of the layers so far (`width × n₁`); rank bound of J from the earlier layers.
     let mut p = Mat::<f64>::zeros(0, n1);
     let mut rank_bound = d0;
-    for (li, l) in known.layers.iter().enumerate() {
-        // Same forward pass as `KnownPrefix::local_from`, so `h` and the active set agree bit for bit.
-        let hv = faer::Col::<f64>::from_fn(h.len(), |i| h[i]);
-        let wh = &l.weight * &hv;
-        let z: Vec<f64> = (0..l.fan_out()).map(|r| l.bias[r] + wh[r]).collect();
+    for (li, (l, z)) in known.layers.iter().zip(&pre).enumerate() {
         let on: Vec<bool> = z.iter().map(|&v| v > 0.0).collect();
-        h = z
-            .iter()
-            .zip(&on)
-            .map(|(&v, &a)| if a { v } else { 0.0 })
-            .collect();
         p = if li == 0 {
             Mat::from_fn(n1, n1, |i, j| if i == j && on[i] { 1.0 } else { 0.0 })
         } else {
@@ -171,6 +163,12 @@ fn gram_geometry(
             rank_bound = rank_bound.min(on.iter().filter(|a| **a).count());
         }
     }
+    let h: Vec<f64> = pre
+        .last()
+        .expect("a deeper layer has a known layer")
+        .iter()
+        .map(|&v| if v <= 0.0 { 0.0 } else { v })
+        .collect();
     let active: Vec<usize> = (0..h.len()).filter(|&k| h[k] > 0.0).collect();
     if active.is_empty() {
         return GramOutcome::Done(None);
