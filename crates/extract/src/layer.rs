@@ -266,6 +266,7 @@ impl ProbePool {
         cps: Vec<CriticalPoint>,
         stencil: StencilParams,
         bank: &NeuronBank,
+        pair_up: bool,
     ) -> Result<Screened, ExtractError> {
         use rayon::prelude::*;
         let probes = measure_on(oracle, known, lines, &cps, stencil, Some(&self.coords))?;
@@ -273,6 +274,10 @@ impl ProbePool {
         // Probes that gave no row (stencils never linear, or not one kink): ~2.5 % per line on a
         // 3072-256×8-10's first layer; logged so that a jump in it shows up.
         let mut unusable = 0usize;
+        // Probes neither matched nor kept waiting (`pair_up` false).
+        let mut dropped = 0usize;
+        // Waiting probes retired to keep the pool under its bound.
+        let mut retired = 0usize;
         // Each estimate's known units and its row on them, for the deeper-layer comparison.
         let est_rows: Vec<(Vec<usize>, Vec<f64>)> = if self.match_estimates {
             bank.estimates
@@ -299,6 +304,10 @@ impl ProbePool {
                 out.of_estimates.push(cp);
                 continue;
             }
+            if !pair_up {
+                dropped += 1;
+                continue;
+            }
             // Only a partner on another line counts: consecutive kinks of one deeper unit on the same
             // line often share the activation pattern, hence the probe row, while a first-layer
             // neuron is met once per line.
@@ -314,17 +323,33 @@ impl ProbePool {
                 None => self.waiting.push(Probe { idx, row, cp }),
             }
         }
+        // Oldest lines first out: every new probe is compared with every waiting one, so an
+        // unbounded pool makes screening quadratic in the lines searched (see `WAITING_PROBES_MAX`).
+        let excess = self.waiting.len().saturating_sub(WAITING_PROBES_MAX);
+        if excess > 0 {
+            self.waiting.sort_by_key(|w| w.cp.line);
+            self.waiting.drain(..excess);
+            retired += excess;
+        }
         tracing::debug!(
             layer = known.layers.len() + 1,
             matched = out.pairs.len(),
             of_estimates = out.of_estimates.len(),
             unusable,
+            dropped,
+            retired,
             waiting = self.waiting.len(),
             "screening"
         );
         Ok(out)
     }
 }
+
+/// Bound on the probes waiting for a partner. Each new probe is compared with every waiting one:
+/// 53,374 waited on the 3072-256×8-10's layer 2 after two rounds (the comparisons then took most of
+/// a line's screening). A neuron of the layer is met on most lines, so a probe that found no partner
+/// among the last ~5 lines' kinks (~3,500 each there) is rarely of one; small nets stay far below.
+const WAITING_PROBES_MAX: usize = 20_000;
 
 /// What [`ProbePool::screen`] found worth a full measurement.
 #[derive(Debug, Default)]
@@ -349,6 +374,7 @@ fn attach_or_measure<O: Oracle + ?Sized>(
     tol: &BankTol,
     out: &mut LayerSignatures,
     pool: Option<&mut ProbePool>,
+    pair_up: bool,
 ) -> Result<(), ExtractError> {
     let layer_input = |cp: &CriticalPoint| {
         let x = lines[cp.line].at(cp.t);
@@ -369,7 +395,7 @@ fn attach_or_measure<O: Oracle + ?Sized>(
     bank.solve_dirty();
     let q0 = oracle.queries();
     if let Some(pool) = pool {
-        let screened = pool.screen(oracle, known, lines, to_measure, stencil, bank)?;
+        let screened = pool.screen(oracle, known, lines, to_measure, stencil, bank, pair_up)?;
         let (mut first, partners): (Vec<_>, Vec<_>) = screened.pairs.into_iter().unzip();
         first.extend(screened.of_estimates);
         measure_into_bank(oracle, known, lines, &first, stencil, bank, tol, out)?;
@@ -430,10 +456,14 @@ const FOLLOW_UNITS_PER_ESTIMATE: usize = 4;
 /// took the whole cap round after round and the rest were never followed (the 3072-256×8-10's second
 /// layer had ~216 promising estimates asking). Below the cap the bank's order stays, and with it
 /// every small net's rng stream.
-fn order_follow_asks<T>(asks: &mut [(T, Vec<usize>)]) {
+fn order_follow_asks<T>(asks: &mut [(T, Vec<usize>)], units_per_line: usize) {
     let wanted: usize = asks
         .iter()
-        .map(|(_, m)| m.len().min(FOLLOW_UNITS_PER_ESTIMATE))
+        .map(|(_, m)| {
+            m.len()
+                .min(FOLLOW_UNITS_PER_ESTIMATE)
+                .div_ceil(units_per_line)
+        })
         .sum();
     if wanted > MAX_FOLLOW_LINES_PER_ROUND {
         asks.sort_by_key(|(_, m)| m.len());
@@ -461,7 +491,7 @@ fn follow_to_unit(
     let dim = known.out_dim();
     let mut x = anchor.to_vec();
     let mut travelled: f64 = 0.0;
-    for _ in 0..16 {
+    for _ in 0..FOLLOW_MAX_STEPS {
         let st = known.local_full(&x);
         let g: Vec<f64> = (0..d0)
             .map(|c| (0..dim).map(|r| theta[r] * st.dh[(r, c)]).sum())
@@ -498,6 +528,123 @@ fn follow_to_unit(
     }
     None
 }
+
+/// Like [`follow_to_unit`], but walks until every unit in `units` is active at once, so that one
+/// full measurement there brings all of them into the estimate. On a wide deeper layer an estimate
+/// lacks ~18 of 256 units after its first lines (each earlier unit is active at about half of a
+/// neuron's witnesses); one line per missing unit (4,231 asked on the 3072-256×8-10's layer 2 after
+/// round 1) cannot keep up with the 256-line cap, one line per estimate can.
+///
+/// Each step is the minimum-norm move that brings the inactive units (plus any active one the move
+/// would turn off) just past their boundaries, within the estimate's local hyperplane, plus a move
+/// along the normal back to the anchor's value of the estimate's known part (crossing a known
+/// unit's boundary bends the hyperplane; a step in the tangent of the old piece leaves it). The
+/// missing units are then barely active, so the true hyperplane (which also has their unknown
+/// weights) is close: the search radius is a few times the largest shift they could cause, instead
+/// of [`follow_to_unit`]'s quarter of the distance walked, which on a 3072-input layer put dozens of
+/// deeper kinks on each line. Returns `None` when the walk does not get there.
+fn follow_to_units(
+    known: &KnownPrefix,
+    theta: &[f64],
+    anchor: &[f64],
+    units: &[usize],
+) -> Option<(Line, f64)> {
+    let d0 = known.input_dim;
+    let dim = known.out_dim();
+    let value = |h: &[f64]| dot(theta, h);
+    let empty = faer::Mat::<f64>::zeros(d0, 0);
+    let v0 = value(&known.local(anchor, &empty).h);
+    let theta_max = theta.iter().fold(0.0_f64, |m, t| m.max(t.abs()));
+    let mut x = anchor.to_vec();
+    for _ in 0..FOLLOW_MAX_STEPS {
+        let st = known.local_full(&x);
+        let g: Vec<f64> = (0..d0)
+            .map(|c| (0..dim).map(|r| theta[r] * st.dh[(r, c)]).sum())
+            .collect();
+        let gn = norm(&g);
+        if gn == 0.0 {
+            return None;
+        }
+        let ghat: Vec<f64> = g.iter().map(|v| v / gn).collect();
+        let off_plane = value(&st.h) - v0;
+        if units.iter().all(|&k| st.h[k] > 0.0) {
+            // The missing units' unknown weights are taken as at most the largest known one.
+            let shift = theta_max * units.iter().map(|&k| st.h[k]).sum::<f64>() + off_plane.abs();
+            let r = (FOLLOW_RADIUS_FACTOR * shift / gn).max(1e-6);
+            return Some((
+                Line {
+                    origin: x,
+                    dir: ghat,
+                },
+                r,
+            ));
+        }
+        let z = st.pre.last()?;
+        let dpre = st.dpre.last().expect("known layer");
+        // Each unit's gradient within the hyperplane (its component along the normal removed).
+        let tau: Vec<Vec<f64>> = units
+            .iter()
+            .map(|&k| {
+                let dz: Vec<f64> = (0..d0).map(|c| dpre[(k, c)]).collect();
+                let along = dot(&dz, &ghat);
+                dz.iter().zip(&ghat).map(|(a, b)| a - along * b).collect()
+            })
+            .collect();
+        // Target pre-activation for a constrained unit: just past zero (2 % of the way it has to
+        // travel, as in `follow_to_unit`, and never less than a hair).
+        let target = |i: usize| 0.02 * z[units[i]].abs() + 1e-9;
+        let mut set: Vec<usize> = (0..units.len()).filter(|&i| z[units[i]] <= 0.0).collect();
+        let mut step = vec![0.0; d0];
+        for _ in 0..units.len() {
+            let a = faer::Mat::<f64>::from_fn(set.len(), d0, |r, c| tau[set[r]][c]);
+            let b =
+                faer::Mat::<f64>::from_fn(set.len(), 1, |r, _| target(set[r]) - z[units[set[r]]]);
+            let sol = crate::linalg::lstsq(&a, &b);
+            step = (0..d0).map(|c| sol[(c, 0)]).collect();
+            // Units the step would turn off (to first order) join the constrained set.
+            let extra: Vec<usize> = (0..units.len())
+                .filter(|i| !set.contains(i) && z[units[*i]] + dot(&tau[*i], &step) <= 0.0)
+                .collect();
+            if extra.is_empty() {
+                break;
+            }
+            set.extend(extra);
+        }
+        // Back onto the hyperplane along its normal.
+        let back = -off_plane / gn;
+        step.iter_mut().zip(&ghat).for_each(|(s, n)| *s += back * n);
+        let len = norm(&step);
+        if !len.is_finite() || len == 0.0 {
+            return None;
+        }
+        x.iter_mut().zip(&step).for_each(|(xi, si)| *xi += si);
+    }
+    None
+}
+
+/// The free segments of a following line searched on each side of the one holding its origin. The
+/// end point of [`follow_to_units`] sits just past the boundaries of the units it activated, so a
+/// line along the normal crosses known kinks within a hair on both sides; the estimate's kink is in
+/// the origin's segment or next to it. All of `-r..r` (3,240 segments, 33,693 critical points for
+/// 233 lines on the 3072-256×8-10's layer 2, each probed) cost more than the round's random lines.
+const FOLLOW_SEGMENTS_AROUND: usize = 1;
+
+/// The segments (sorted, disjoint, as [`free_segments_in`] gives them) within `around` places of the
+/// one holding `t = 0` (or of the gap holding it).
+fn segments_around_origin(segs: &[(usize, f64, f64)], around: usize) -> Vec<(usize, f64, f64)> {
+    // First segment that does not end before the origin.
+    let at = segs.partition_point(|&(_, _, b)| b < 0.0);
+    let lo = at.saturating_sub(around);
+    let hi = (at + around + 1).min(segs.len());
+    segs[lo..hi].to_vec()
+}
+
+/// Search radius of [`follow_to_units`]'s line, in multiples of the largest shift of the hyperplane
+/// the barely active missing units could cause.
+const FOLLOW_RADIUS_FACTOR: f64 = 4.0;
+
+/// Steps a hyperplane-following walk takes before giving up (each re-linearizes at the new region).
+const FOLLOW_MAX_STEPS: usize = 16;
 
 /// Rejection-samples an input (at several scales) where unit `unit` of the known prefix's output is
 /// active. Offline: costs no queries.
@@ -804,6 +951,7 @@ pub fn recover_layer<O: Oracle + ?Sized>(
                 &tol,
                 &mut out,
                 pool.as_mut(),
+                true,
             )?;
         }
         // Hyperplane following: from a witness of an incomplete estimate, walk along its hyperplane into
@@ -826,10 +974,26 @@ pub fn recover_layer<O: Oracle + ?Sized>(
                 .collect();
             let asking = asks.len();
             let lacking: usize = asks.iter().map(|(_, m)| m.len()).sum();
-            order_follow_asks(&mut asks);
+            // Deeper screened layers follow each estimate towards all its missing units at once
+            // (see `follow_to_units`); elsewhere one line per missing unit, as the bench rows were
+            // measured with.
+            let all_at_once = deeper_screening;
+            order_follow_asks(&mut asks, if all_at_once { usize::MAX } else { 1 });
             for (e, missing) in asks {
                 if follow_lines.len() >= MAX_FOLLOW_LINES_PER_ROUND {
                     break;
+                }
+                if all_at_once {
+                    let anchor = &e.anchors[rng.random_range(0..e.anchors.len())];
+                    let found = follow_to_units(known, &e.theta, anchor, &missing)
+                        .or_else(|| follow_to_unit(known, &e.theta, anchor, missing[0]));
+                    if let Some((line, r)) = found {
+                        let id = lines.len() + follow_lines.len();
+                        let around = free_segments_in(known, &line, id, -r, r);
+                        segs.extend(segments_around_origin(&around, FOLLOW_SEGMENTS_AROUND));
+                        follow_lines.push(line);
+                    }
+                    continue;
                 }
                 for &k in missing.iter().take(FOLLOW_UNITS_PER_ESTIMATE) {
                     let anchor = &e.anchors[rng.random_range(0..e.anchors.len())];
@@ -848,6 +1012,13 @@ pub fn recover_layer<O: Oracle + ?Sized>(
                 let cps = find_critical_points(oracle, &lines, &segs, search_tol)?;
                 out.search_queries += oracle.queries() - q0;
                 out.critical_points += cps.len();
+                tracing::debug!(
+                    lines = lines.len() - base,
+                    segments = segs.len(),
+                    critical_points = cps.len(),
+                    queries = oracle.queries() - q0,
+                    "following search"
+                );
                 attach_or_measure(
                     oracle,
                     known,
@@ -858,6 +1029,11 @@ pub fn recover_layer<O: Oracle + ?Sized>(
                     &tol,
                     &mut out,
                     pool.as_mut(),
+                    // On a deeper screened layer a following line's kinks are of the estimate it
+                    // follows or of deeper units met near it: the first match an estimate, the
+                    // rest are not kept to pair (local, not independent evidence; they made the
+                    // waiting pool grow by ~10,000 a round on the 3072-256×8-10's layer 2).
+                    !all_at_once,
                 )?;
                 tracing::debug!(
                     following = lines.len() - base,
@@ -1273,16 +1449,88 @@ mod tests {
         // 10 estimates asking for at most 4 lines each: 40 lines, under the cap.
         let lens: Vec<usize> = (0..10).map(|i| 10 - i).collect();
         let mut asks = asks_of(&lens);
-        order_follow_asks(&mut asks);
+        order_follow_asks(&mut asks, 1);
         assert_eq!(asks, asks_of(&lens));
         // 100 estimates asking for 4 each: over the cap, fewest missing first, ties in bank order.
         let lens: Vec<usize> = (0..100).map(|i| 4 + (97 * i) % 13).collect();
         let mut asks = asks_of(&lens);
-        order_follow_asks(&mut asks);
-        assert!(
-            asks.windows(2).all(|w| w[0].1.len() < w[1].1.len()
-                || (w[0].1.len() == w[1].1.len() && w[0].0 < w[1].0))
-        );
+        let sorted = |asks: &[(usize, Vec<usize>)]| {
+            asks.windows(2).all(|w| {
+                w[0].1.len() < w[1].1.len() || (w[0].1.len() == w[1].1.len() && w[0].0 < w[1].0)
+            })
+        };
+        order_follow_asks(&mut asks, 1);
+        assert!(sorted(&asks));
         assert_eq!(asks.len(), 100);
+        // One line per estimate (all its units at once): 100 lines are under the cap, 300 are not.
+        let mut asks = asks_of(&lens);
+        order_follow_asks(&mut asks, usize::MAX);
+        assert_eq!(asks, asks_of(&lens));
+        let lens: Vec<usize> = (0..300).map(|i| 4 + (97 * i) % 13).collect();
+        let mut asks = asks_of(&lens);
+        order_follow_asks(&mut asks, usize::MAX);
+        assert!(sorted(&asks));
+        assert_eq!(asks.len(), 300);
+    }
+
+    /// Following towards several units ends at a point where all of them are active, with a unit
+    /// normal as the search direction.
+    #[test]
+    fn following_to_several_units_activates_all_of_them() {
+        use netxray_relu::{Arch, InitRecipe, Network};
+        let net = Network::random(
+            &"20-24-8-1".parse::<Arch>().unwrap(),
+            InitRecipe::Balanced,
+            5,
+        );
+        let known = KnownPrefix {
+            layers: net.layers()[..1].to_vec(),
+            input_dim: 20,
+        };
+        let theta: Vec<f64> = net.layers()[1].weight.row(0).iter().copied().collect();
+        let mut rng = ChaCha20Rng::seed_from_u64(9);
+        let mut reached = 0;
+        for _ in 0..20 {
+            let x: Vec<f64> = (0..20)
+                .map(|_| rng.sample::<f64, _>(StandardNormal))
+                .collect();
+            let h = known.local_full(&x).h;
+            let off: Vec<usize> = (0..24).filter(|&k| h[k] <= 0.0).take(6).collect();
+            assert!(off.len() >= 3, "a random point has several inactive units");
+            if let Some((line, r)) = follow_to_units(&known, &theta, &x, &off) {
+                reached += 1;
+                let h = known.local_full(&line.origin).h;
+                assert!(off.iter().all(|&k| h[k] > 0.0));
+                assert!((norm(&line.dir) - 1.0).abs() < 1e-12 && r > 0.0);
+            }
+        }
+        assert!(
+            reached >= 15,
+            "reached all units from {reached} of 20 points"
+        );
+    }
+
+    #[test]
+    fn segments_around_origin_keep_the_origins_segment_and_its_neighbours() {
+        let segs: Vec<(usize, f64, f64)> = [
+            (-3.0, -2.0),
+            (-2.0, -0.5),
+            (-0.5, 0.2),
+            (0.2, 1.0),
+            (1.0, 4.0),
+        ]
+        .iter()
+        .map(|&(a, b)| (7, a, b))
+        .collect();
+        let ends = |v: Vec<(usize, f64, f64)>| v.iter().map(|s| s.1).collect::<Vec<_>>();
+        assert_eq!(
+            ends(segments_around_origin(&segs, 1)),
+            vec![-2.0, -0.5, 0.2]
+        );
+        assert_eq!(ends(segments_around_origin(&segs, 0)), vec![-0.5]);
+        // Origin in a gap (a dropped sliver): the next segment and its neighbours.
+        let gap = vec![(7, -1.0, -0.1), (7, 0.1, 1.0), (7, 1.0, 2.0)];
+        assert_eq!(ends(segments_around_origin(&gap, 0)), vec![0.1]);
+        assert_eq!(segments_around_origin(&[], 1), vec![]);
     }
 }
