@@ -554,6 +554,8 @@ fn follow_to_units(
     let value = |h: &[f64]| dot(theta, h);
     let empty = faer::Mat::<f64>::zeros(d0, 0);
     let v0 = value(&known.local(anchor, &empty).h);
+    // Largest entry of `theta`, its bias included (a looser bound on the unknown weights; the runs in
+    // docs/extraction.md, "Session 18", were made so).
     let theta_max = theta.iter().fold(0.0_f64, |m, t| m.max(t.abs()));
     let mut x = anchor.to_vec();
     for _ in 0..FOLLOW_MAX_STEPS {
