@@ -478,6 +478,17 @@ fn est_key(e: &NeuronEstimate) -> Vec<u64> {
         .unwrap_or_default()
 }
 
+/// The normal of the estimate `theta`'s hyperplane in input space at the point of `st` (the gradient
+/// of `θ · h` through the known prefix), as a unit vector and its length; `None` where it vanishes.
+fn input_normal(theta: &[f64], st: &crate::known::LocalState) -> Option<(Vec<f64>, f64)> {
+    let (dim, d0) = (st.dh.nrows(), st.dh.ncols());
+    let g: Vec<f64> = (0..d0)
+        .map(|c| (0..dim).map(|r| theta[r] * st.dh[(r, c)]).sum())
+        .collect();
+    let gn = norm(&g);
+    (gn > 0.0).then(|| (g.iter().map(|v| v / gn).collect(), gn))
+}
+
 /// Walks from `anchor` (on the hyperplane of the estimate `theta`) along that hyperplane until unit
 /// `unit` of the known prefix turns active, and returns a short line through the end point along the
 /// estimate's normal, with its half length. Offline: no queries.
@@ -488,19 +499,11 @@ fn follow_to_unit(
     unit: usize,
 ) -> Option<(Line, f64)> {
     let d0 = known.input_dim;
-    let dim = known.out_dim();
     let mut x = anchor.to_vec();
     let mut travelled: f64 = 0.0;
     for _ in 0..FOLLOW_MAX_STEPS {
         let st = known.local_full(&x);
-        let g: Vec<f64> = (0..d0)
-            .map(|c| (0..dim).map(|r| theta[r] * st.dh[(r, c)]).sum())
-            .collect();
-        let gn = norm(&g);
-        if gn == 0.0 {
-            return None;
-        }
-        let ghat: Vec<f64> = g.iter().map(|v| v / gn).collect();
+        let (ghat, _) = input_normal(theta, &st)?;
         if st.h[unit] > 0.0 {
             let r = (0.25 * travelled).max(1e-6);
             return Some((
@@ -550,7 +553,6 @@ fn follow_to_units(
     units: &[usize],
 ) -> Option<(Line, f64)> {
     let d0 = known.input_dim;
-    let dim = known.out_dim();
     let value = |h: &[f64]| dot(theta, h);
     let empty = faer::Mat::<f64>::zeros(d0, 0);
     let v0 = value(&known.local(anchor, &empty).h);
@@ -560,14 +562,7 @@ fn follow_to_units(
     let mut x = anchor.to_vec();
     for _ in 0..FOLLOW_MAX_STEPS {
         let st = known.local_full(&x);
-        let g: Vec<f64> = (0..d0)
-            .map(|c| (0..dim).map(|r| theta[r] * st.dh[(r, c)]).sum())
-            .collect();
-        let gn = norm(&g);
-        if gn == 0.0 {
-            return None;
-        }
-        let ghat: Vec<f64> = g.iter().map(|v| v / gn).collect();
+        let (ghat, gn) = input_normal(theta, &st)?;
         let off_plane = value(&st.h) - v0;
         if units.iter().all(|&k| st.h[k] > 0.0) {
             // The missing units' unknown weights are taken as at most the largest known one.
@@ -914,13 +909,8 @@ pub fn recover_layer<O: Oracle + ?Sized>(
                 let (ei, unit) = targets[rng.random_range(0..targets.len())];
                 if let Some(o) = point_with_active_unit(known, unit, sigma, rng) {
                     let st = known.local_full(&o);
-                    let theta = &bank.estimates[ei].theta;
-                    let g: Vec<f64> = (0..d0)
-                        .map(|c| (0..dim).map(|r| theta[r] * st.dh[(r, c)]).sum())
-                        .collect();
-                    let gn = norm(&g);
-                    if gn > 0.0 {
-                        line.dir = g.iter().map(|v| v / gn).collect();
+                    if let Some((normal, _)) = input_normal(&bank.estimates[ei].theta, &st) {
+                        line.dir = normal;
                     }
                     line.origin = o;
                 }
