@@ -29,6 +29,15 @@ pub struct LocalState {
     pub dh: Mat<f64>,
 }
 
+/// What [`KnownPrefix::margin`] needs of its directions, taken once for a whole activation region:
+/// the known units' ReLU pattern there and, per known unit, the largest |derivative| of its
+/// pre-activation along any of the directions (constant within the region).
+#[derive(Debug, Clone)]
+pub struct MarginRates {
+    pattern: Vec<bool>,
+    rates: Vec<Vec<f64>>,
+}
+
 impl KnownPrefix {
     /// Empty prefix for inputs of width `d0`.
     pub fn new(input_dim: usize) -> Self {
@@ -153,6 +162,48 @@ impl KnownPrefix {
         m
     }
 
+    /// [`MarginRates`] of `dirs` in the activation region of `x`.
+    pub fn margin_rates(&self, x: &[f64], dirs: &Mat<f64>) -> MarginRates {
+        let st = self.local(x, dirs);
+        MarginRates {
+            pattern: st.pre.iter().flatten().map(|&v| v > 0.0).collect(),
+            rates: st
+                .dpre
+                .iter()
+                .map(|dz| {
+                    (0..dz.nrows())
+                        .map(|r| (0..dz.ncols()).fold(0.0, |g, c| dz[(r, c)].abs().max(g)))
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+
+    /// [`Self::margin`] at `x` from the rates of its directions in `x`'s region: bit for bit the same
+    /// value (`|z|/g` is monotone in `g`, so the smallest ratio is the one with the largest rate) for
+    /// one forward pass instead of a product of every layer with the directions. `None` when `x` is
+    /// in another region than the one the rates were taken in.
+    pub fn margin_in_region(&self, x: &[f64], rates: &MarginRates) -> Option<f64> {
+        let pre = self.pre_activations(x, self.layers.len());
+        if !pre
+            .iter()
+            .flatten()
+            .map(|&v| v > 0.0)
+            .eq(rates.pattern.iter().copied())
+        {
+            return None;
+        }
+        let mut m = f64::INFINITY;
+        for (z, g) in pre.iter().zip(&rates.rates) {
+            for (zr, &gr) in z.iter().zip(g) {
+                if gr > 0.0 {
+                    m = m.min(zr.abs() / gr);
+                }
+            }
+        }
+        Some(m)
+    }
+
     /// Smallest |pre-activation| / ‖gradient‖ over known neurons at `x`: the Euclidean distance to the
     /// nearest known boundary (exact for the first known layer, first order for the others).
     pub fn boundary_distance(&self, x: &[f64]) -> f64 {
@@ -225,6 +276,53 @@ mod tests {
             assert_eq!(a.h, b.h);
             assert_eq!(a.dh, b.dh, "depth {depth}");
             assert_eq!(a.dpre, b.dpre);
+        }
+    }
+
+    /// The margin from a region's rates is the direct margin bit for bit at every point of that
+    /// region, and refused at points of other regions.
+    #[test]
+    fn margin_in_region_is_the_margin_inside_and_refused_outside() {
+        let net = Network::random(&"5-7-6-1".parse::<Arch>().unwrap(), InitRecipe::Balanced, 3);
+        let o = [0.3, -0.2, 0.1, 0.5, -1.0];
+        let d = [1.0, 0.5, -0.3, 0.2, 0.7];
+        let dirs = Mat::<f64>::from_fn(5, 3, |i, j| ((i * 3 + j) as f64 * 0.7).sin());
+        let at = |t: f64| -> Vec<f64> { o.iter().zip(&d).map(|(a, b)| a + t * b).collect() };
+        for depth in 1..=2 {
+            let kp = KnownPrefix {
+                layers: net.layers()[..depth].to_vec(),
+                input_dim: 5,
+            };
+            let rates = kp.margin_rates(&at(0.0), &dirs);
+            let (mut inside, mut outside) = (0, 0);
+            for i in -200..=200 {
+                let x = at(0.05 * i as f64);
+                let same = kp
+                    .pre_activations(&x, depth)
+                    .concat()
+                    .iter()
+                    .map(|&v| v > 0.0)
+                    .eq(kp
+                        .pre_activations(&at(0.0), depth)
+                        .concat()
+                        .iter()
+                        .map(|&v| v > 0.0));
+                match kp.margin_in_region(&x, &rates) {
+                    Some(m) => {
+                        assert!(same);
+                        assert_eq!(m.to_bits(), kp.margin(&x, &dirs).to_bits());
+                        inside += 1;
+                    }
+                    None => {
+                        assert!(!same);
+                        outside += 1;
+                    }
+                }
+            }
+            assert!(
+                inside >= 2 && outside >= 2,
+                "depth {depth}: {inside} in, {outside} out"
+            );
         }
     }
 

@@ -11,10 +11,11 @@
 
 use crate::critical::{CriticalPoint, Line};
 use crate::error::OracleError;
-use crate::known::KnownPrefix;
+use crate::known::{KnownPrefix, MarginRates};
 use crate::linalg::{norm, right_pinv};
 use crate::oracle::{CountingOracle, Oracle};
 use faer::Mat;
+use std::sync::Arc;
 
 /// Largest number of f64 values in one batch of stencil points (the oracle's batch limit).
 const MAX_BATCH_VALUES: usize = crate::oracle::MAX_BATCH_BYTES / 8;
@@ -57,12 +58,14 @@ pub struct StencilParams {
 }
 
 /// Stencil directions of a witness.
+#[derive(Clone)]
 enum Dirs {
     /// Unit input coordinates (the first layer: no `d0 × d0` identity is ever built, which on a
     /// 3072-input net would be 75 MB per witness).
     Coords(Vec<usize>),
-    /// Unit columns of a `d0 × r` matrix.
-    Mat(Mat<f64>),
+    /// Unit columns of a `d0 × r` matrix, shared by the points of one activation pattern (see
+    /// [`geometries`]).
+    Mat(Arc<Mat<f64>>),
 }
 
 impl Dirs {
@@ -93,6 +96,7 @@ impl Dirs {
 }
 
 /// Local geometry at a critical point: directions and the rows they map to.
+#[derive(Clone)]
 struct Geometry {
     h: Vec<f64>,
     active: Vec<usize>,
@@ -100,6 +104,8 @@ struct Geometry {
     /// `r × dim(h)` rows `J u_k`; empty for full witnesses, whose row is read off directly.
     a_rows: Mat<f64>,
     full_scale: Option<Vec<f64>>, // |v_k| for full witnesses
+    /// The directions' [`MarginRates`] in this point's region, when [`geometries`] shares them.
+    margin_rates: Option<Arc<MarginRates>>,
 }
 
 /// `cond(J_A)` (s_min/s_max) from which [`gram_geometry`] computes the directions itself; below it the
@@ -225,10 +231,90 @@ fn gram_geometry(
     GramOutcome::Done(Some(Geometry {
         active: picked.iter().map(|&k| active[k]).collect(),
         h,
-        dirs: Dirs::Mat(dirs),
+        dirs: Dirs::Mat(Arc::new(dirs)),
         a_rows: Mat::<f64>::zeros(0, known.out_dim()),
         full_scale: Some(scale),
+        margin_rates: None,
     }))
+}
+
+/// [`geometry`] at every point, computed once per activation pattern of the known prefix.
+///
+/// Past the first layer everything in a [`Geometry`] but `h` is a function of the known layers'
+/// ReLU pattern at the point (the Jacobian is piecewise constant), and the critical points of one
+/// search line come in runs on the same free segment (~16 per segment on the 3072-256×8-10's layer
+/// 2, where the pseudo-inverse columns were half of a replayed screening's time in a profile). The
+/// shared answer is the one each point would have computed for itself, bit for bit: the same code
+/// on the same pattern; only `h` is the point's own.
+fn geometries(
+    known: &KnownPrefix,
+    lines: &[Line],
+    cps: &[CriticalPoint],
+    coords: Option<&[usize]>,
+    gram: Option<&Mat<f64>>,
+) -> Vec<Option<Geometry>> {
+    use rayon::prelude::*;
+    let at = |cp: &CriticalPoint| lines[cp.line].at(cp.t);
+    if known.layers.is_empty() {
+        // The first layer's geometry is the point itself.
+        return cps
+            .par_iter()
+            .map(|cp| geometry(known, &at(cp), coords, gram))
+            .collect();
+    }
+    let depth = known.layers.len();
+    // Pattern (every known unit's state, as `geometry` decides it: on iff the pre-activation is
+    // positive) and `h` per point; a non-finite pre-activation is left to `geometry` alone.
+    let local: Vec<Option<(Vec<bool>, Vec<f64>)>> = cps
+        .par_iter()
+        .map(|cp| {
+            let pre = known.pre_activations(&at(cp), depth);
+            if pre.iter().flatten().any(|v| !v.is_finite()) {
+                return None;
+            }
+            let pattern = pre.iter().flatten().map(|&v| v > 0.0).collect();
+            let last = pre.last().expect("a deeper layer has a known layer");
+            let h = last
+                .iter()
+                .map(|&v| if v <= 0.0 { 0.0 } else { v })
+                .collect();
+            Some((pattern, h))
+        })
+        .collect();
+    let mut rep_of: std::collections::HashMap<&[bool], usize> = std::collections::HashMap::new();
+    let mut reps: Vec<usize> = Vec::new();
+    let slot: Vec<Option<usize>> = local
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            l.as_ref().map(|(pattern, _)| {
+                *rep_of.entry(pattern.as_slice()).or_insert_with(|| {
+                    reps.push(i);
+                    reps.len() - 1
+                })
+            })
+        })
+        .collect();
+    let shared: Vec<Option<Geometry>> = reps
+        .par_iter()
+        .map(|&i| {
+            let x = at(&cps[i]);
+            geometry(known, &x, coords, gram).map(|mut g| {
+                if let Dirs::Mat(m) = &g.dirs {
+                    g.margin_rates = Some(Arc::new(known.margin_rates(&x, m)));
+                }
+                g
+            })
+        })
+        .collect();
+    cps.iter()
+        .zip(slot)
+        .zip(local)
+        .map(|((cp, s), l)| match (s, l) {
+            (Some(r), Some((_, h))) => shared[r].as_ref().map(|g| Geometry { h, ..g.clone() }),
+            _ => geometry(known, &at(cp), coords, gram),
+        })
+        .collect()
 }
 
 fn geometry(
@@ -249,6 +335,7 @@ fn geometry(
         return Some(Geometry {
             h: x.to_vec(),
             full_scale: Some(vec![1.0; cs.len()]),
+            margin_rates: None,
             active: cs.clone(),
             a_rows: Mat::<f64>::zeros(0, d0),
             dirs: Dirs::Coords(cs),
@@ -290,9 +377,10 @@ fn geometry(
         return Some(Geometry {
             h: st.h,
             active: picked.iter().map(|&k| active[k]).collect(),
-            dirs: Dirs::Mat(dirs),
+            dirs: Dirs::Mat(Arc::new(dirs)),
             a_rows: Mat::<f64>::zeros(0, dim),
             full_scale: Some(scale),
+            margin_rates: None,
         });
     }
     if coords.is_some() {
@@ -321,9 +409,10 @@ fn geometry(
     Some(Geometry {
         h: st.h,
         active,
-        dirs: Dirs::Mat(dirs),
+        dirs: Dirs::Mat(Arc::new(dirs)),
         a_rows,
         full_scale: None,
+        margin_rates: None,
     })
 }
 
@@ -401,31 +490,49 @@ fn measure_chunk<O: Oracle + ?Sized>(
         db: Vec<Option<Vec<f64>>>,
         mhat: Vec<f64>,
     }
-    // The local geometry (pseudo-inverse columns of the known prefix's Jacobian) is independent per
-    // point: computed on all cores.
+    // The local geometry (pseudo-inverse columns of the known prefix's Jacobian), once per
+    // activation pattern, on all cores.
     use rayon::prelude::*;
-    let geos: Vec<Option<Geometry>> = cps
+    let geos = geometries(known, lines, cps, coords, gram);
+    // The stencil's two centres on the line, either side of the kink, and how far they may move
+    // along the directions before a known unit flips (on all cores: a product of the first layer
+    // with the directions per centre, unless the region's rates are shared).
+    let centres_of = |cp: &CriticalPoint| {
+        let s = 0.5 * (cp.t - cp.a).min(cp.b - cp.t);
+        (s, lines[cp.line].at(cp.t - s), lines[cp.line].at(cp.t + s))
+    };
+    let margins: Vec<f64> = cps
         .par_iter()
-        .map(|cp| geometry(known, &lines[cp.line].at(cp.t), coords, gram))
+        .zip(geos.par_iter())
+        .map(
+            |(cp, geo)| match geo.as_ref().map(|g| (&g.dirs, &g.margin_rates)) {
+                None => 0.0,
+                // No known layer to keep still.
+                Some((Dirs::Coords(_), _)) => f64::INFINITY,
+                Some((Dirs::Mat(m), rates)) => {
+                    let (_, xa, xb) = centres_of(cp);
+                    let at = |x: &[f64]| {
+                        rates
+                            .as_ref()
+                            .and_then(|r| known.margin_in_region(x, r))
+                            .unwrap_or_else(|| known.margin(x, m))
+                    };
+                    at(&xa).min(at(&xb))
+                }
+            },
+        )
         .collect();
     let mut jobs: Vec<Option<Job>> = Vec::with_capacity(cps.len());
     let mut centre_pts = Vec::new();
-    for (cp, geo) in cps.iter().zip(geos) {
+    for ((cp, geo), m_known) in cps.iter().zip(geos).zip(margins) {
         let line = &lines[cp.line];
         let x = line.at(cp.t);
         let Some(geo) = geo else {
             jobs.push(None);
             continue;
         };
-        let s = 0.5 * (cp.t - cp.a).min(cp.b - cp.t);
-        let xa = line.at(cp.t - s);
-        let xb = line.at(cp.t + s);
+        let (s, xa, xb) = centres_of(cp);
         let step = s * norm(&line.dir);
-        let m_known = match &geo.dirs {
-            // No known layer to keep still.
-            Dirs::Coords(_) => f64::INFINITY,
-            Dirs::Mat(m) => known.margin(&xa, m).min(known.margin(&xb, m)),
-        };
         let eps0 = p.eps.min(0.5 * m_known).min(step);
         let r = geo.dirs.count();
         let jn = norm(&cp.jump);
@@ -580,6 +687,79 @@ mod tests {
     use netxray_relu::{Arch, InitRecipe, Network};
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha20Rng;
+
+    /// Sharing the geometry among the points of one activation pattern changes nothing: every
+    /// point gets exactly (bit for bit) what it would have computed alone, with or without the Gram
+    /// path, for full measurements and probes; and the points do share patterns.
+    #[test]
+    fn geometry_shared_per_pattern_is_each_points_own() {
+        let net = Network::random(
+            &"30-12-10-8-1".parse::<Arch>().unwrap(),
+            InitRecipe::Balanced,
+            2,
+        );
+        let mut rng = ChaCha20Rng::seed_from_u64(9);
+        let lines: Vec<Line> = (0..3)
+            .map(|_| Line {
+                origin: (0..30).map(|_| rng.random_range(-1.0..1.0)).collect(),
+                dir: (0..30).map(|_| rng.random_range(-1.0..1.0)).collect(),
+            })
+            .collect();
+        // Many points per line, a few hundredths apart: runs of them share a pattern.
+        let cps: Vec<CriticalPoint> = (0..3)
+            .flat_map(|line| {
+                (0..60).map(move |i| CriticalPoint {
+                    line,
+                    t: -1.5 + 0.05 * i as f64,
+                    a: 0.0,
+                    b: 0.0,
+                    jump: vec![1.0],
+                })
+            })
+            .collect();
+        let probe = [0usize, 3, 5, 7];
+        let mut patterns = std::collections::HashSet::new();
+        for depth in 1..=2 {
+            let known = KnownPrefix {
+                layers: net.layers()[..depth].to_vec(),
+                input_dim: 30,
+            };
+            for cp in &cps {
+                let pre = known.pre_activations(&lines[cp.line].at(cp.t), depth);
+                patterns.insert((
+                    depth,
+                    pre.concat().iter().map(|&v| v > 0.0).collect::<Vec<_>>(),
+                ));
+            }
+            let gram = first_layer_gram(&known);
+            for g in [gram.as_ref(), None] {
+                for coords in [None, Some(&probe[..])] {
+                    let shared = geometries(&known, &lines, &cps, coords, g);
+                    for (cp, s) in cps.iter().zip(shared) {
+                        let own = geometry(&known, &lines[cp.line].at(cp.t), coords, g);
+                        match (s, own) {
+                            (Some(s), Some(o)) => {
+                                assert_eq!(s.h, o.h);
+                                assert_eq!(s.active, o.active);
+                                assert_eq!(s.full_scale, o.full_scale);
+                                assert_eq!(s.a_rows, o.a_rows);
+                                let (Dirs::Mat(sd), Dirs::Mat(od)) = (&s.dirs, &o.dirs) else {
+                                    panic!("deeper layers move along matrices");
+                                };
+                                assert_eq!(**sd, **od);
+                            }
+                            (None, None) => {}
+                            (s, o) => panic!("shared {} but own {}", s.is_some(), o.is_some()),
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            patterns.len() < cps.len(),
+            "no two points shared a pattern: nothing was shared"
+        );
+    }
 
     /// The Gram path and the SVD path agree on the active units, the scales and the directions (to
     /// rounding), for full measurements and probes, one and two known layers deep; and where one
