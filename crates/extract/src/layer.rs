@@ -689,6 +689,12 @@ fn independent_lines(e: &NeuronEstimate, following: &[bool]) -> usize {
 /// already confirmed by prediction; the other 252 below 1e-8), so the layer never completed. Their
 /// bound is this multiple of `null_residual_max`: still well under the ≥ 1e-7 of a wrong witness, and
 /// validation by prediction follows as for any neuron.
+///
+/// Deeper screened layers (`probe_units`) take the same bound. Their estimates gather many full
+/// witnesses (up to 23 on 11 lines), and on the balanced 3072-256×8-10's layer 2 the joint residual of
+/// six of them crept to 1.0e-8–2.3e-8 (round 3 of session 19, the layer at 252 of 256): over the
+/// bound, an estimate can neither take a witness that brings a unit it lacks nor ask for following,
+/// so these neurons never completed.
 const SCREENED_RESIDUAL_FACTOR: f64 = 3.0;
 
 /// A screened first layer with more inputs than this keeps its signature-based rows (no polishing).
@@ -757,11 +763,9 @@ pub fn recover_layer<O: Oracle + ?Sized>(
     let first_screening = known.layers.is_empty() && p.probe_coords > 0 && d0 >= 4 * p.probe_coords;
     let deeper_screening =
         !known.layers.is_empty() && p.probe_units > 0 && dim >= 4 * p.probe_units;
-    // The looser residual bound, the validated-stays-complete rule and the skipped polishing below
-    // answer a first layer whose neurons each rest on one signature; deeper screened layers measure
-    // every point that brings units in full and keep the usual residual bound (but not the
-    // validated-stays-complete rule, see below).
-    let residual_max = if first_screening {
+    // The looser residual bound and the validated-stays-complete rule below answer screened layers
+    // (first: neurons that each rest on one signature; deeper: see `SCREENED_RESIDUAL_FACTOR`).
+    let residual_max = if first_screening || deeper_screening {
         SCREENED_RESIDUAL_FACTOR * p.null_residual_max
     } else {
         p.null_residual_max
@@ -823,6 +827,13 @@ pub fn recover_layer<O: Oracle + ?Sized>(
         refine_queries: 0,
     };
     let mut last_progress = (0usize, 0usize); // (round, neurons done then)
+    // Whether the last round's hyperplane following was asked for and the count rose: then, on a
+    // deeper screened layer, the next round follows without new random lines. On the balanced
+    // 3072-256×8-10's layer 2 (session 19), rounds 2 and 3 spent ~5 minutes each on four random lines
+    // that started 2 and 0 new estimates, while following gained 35 and 8 neurons in half a minute.
+    // Random lines come back as soon as following stops paying (new neurons, and second lines for
+    // estimates seen once, only come from them).
+    let (mut done_before, mut following_paid) = (0usize, false);
     let mut residual_pool: Option<ResidualPool> = None;
     for round in 0..p.max_rounds_per_layer * crate::params::ROUND_LIMIT_FACTOR {
         if round >= p.max_rounds_per_layer && round >= last_progress.0 + p.round_patience {
@@ -830,7 +841,13 @@ pub fn recover_layer<O: Oracle + ?Sized>(
         }
         // The first round uses one line: every neuron it meets is measured once, and later lines can
         // then be matched for free by the hyperplane test.
-        let n_lines = if round == 0 { 1 } else { p.lines_per_round };
+        let n_lines = if round == 0 {
+            1
+        } else if deeper_screening && following_paid {
+            0
+        } else {
+            p.lines_per_round
+        };
         bank.round = round;
         // Forget lone witnesses that found no partner within a few rounds: almost always kinks of deeper
         // layers (a real neuron of this layer is met again by most new lines). Keeps the bank small.
@@ -948,6 +965,7 @@ pub fn recover_layer<O: Oracle + ?Sized>(
         }
         // Hyperplane following: from a witness of an incomplete estimate, walk along its hyperplane into
         // the region where a unit it lacks is active, then look for its (bent) hyperplane there.
+        let mut asked = 0usize;
         if round >= 1 {
             let mut follow_lines: Vec<Line> = Vec::new();
             let mut segs = Vec::new();
@@ -965,6 +983,7 @@ pub fn recover_layer<O: Oracle + ?Sized>(
                 .filter(|(_, missing)| !missing.is_empty())
                 .collect();
             let asking = asks.len();
+            asked = asking;
             let lacking: usize = asks.iter().map(|(_, m)| m.len()).sum();
             // Deeper screened layers follow each estimate towards all its missing units at once
             // (see `follow_to_units`); elsewhere one line per missing unit, as the bench rows were
@@ -1098,8 +1117,11 @@ pub fn recover_layer<O: Oracle + ?Sized>(
             done,
             width,
             estimates = bank.estimates.len(),
+            random_lines = n_lines,
             "witness round"
         );
+        following_paid = asked > 0 && done > done_before;
+        done_before = done;
         if done >= width {
             break;
         }
