@@ -206,7 +206,11 @@ pub struct Extraction {
     pub report: ExtractionReport,
 }
 
-fn sign_layer<O: Oracle + ?Sized>(
+/// The signs of one hidden layer's recovered rows (`layer`, unit-norm rows of unknown sign) behind the
+/// signed `known` prefix: the last-layer fit when `is_last_hidden`, else the exact system of equations,
+/// then the neuron wiggle and the isolated wiggle for what SOE left unsure. Public for the per-layer
+/// bench (`benches/deep_layers.rs`); [`extract`] calls it once per layer.
+pub fn sign_layer<O: Oracle + ?Sized>(
     oracle: &CountingOracle<'_, O>,
     known: &KnownPrefix,
     layer: &Layer,
@@ -226,6 +230,7 @@ fn sign_layer<O: Oracle + ?Sized>(
         layer,
         p.sign_points,
         p.sign_min_votes,
+        p.sign_confidence_min,
         p.origin_scale,
         p.linearity_rel_tol,
         p.noise_floor,
@@ -237,12 +242,25 @@ fn sign_layer<O: Oracle + ?Sized>(
     {
         return Ok(s.clone());
     }
-    // Expansive layer (or neurons SOE could not isolate): neuron wiggle; keep SOE's answer where it
-    // was more confident.
+    // Expansive layer (or neurons SOE could not isolate): neuron wiggle for the neurons SOE left
+    // unsure only (its confident answers are proofs, and on a 256-wide layer behind 3072 inputs the
+    // wiggle of all neurons took over 20 minutes for the one or two SOE had not settled); keep SOE's
+    // answer where it was more confident.
+    let w = layer.fan_out();
+    let unsure: Vec<usize> = match &soe_out {
+        Some(s) => s.low_confidence(p.sign_confidence_min),
+        None => (0..w).collect(),
+    };
+    tracing::info!(
+        unsure = unsure.len(),
+        width = w,
+        "neurons left to the wiggle"
+    );
     let mut wig = wiggle::recover(
         oracle,
         known,
         layer,
+        &unsure,
         p.wiggle_samples,
         p.sign_confidence_min,
         p.origin_scale,
@@ -264,6 +282,7 @@ fn sign_layer<O: Oracle + ?Sized>(
             oracle,
             known,
             layer,
+            &unsure,
             &mut wig,
             p.isolated_wiggles,
             p.origin_scale,

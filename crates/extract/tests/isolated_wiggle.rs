@@ -30,7 +30,8 @@ fn restores_flipped_signs_on_an_expansive_layer() {
         queries: 0,
     };
     let mut rng = ChaCha20Rng::seed_from_u64(9);
-    let changed = isolate(&co, &known, layer, &mut outcome, 4, 1.0, &mut rng).unwrap();
+    let all: Vec<usize> = (0..20).collect();
+    let changed = isolate(&co, &known, layer, &all, &mut outcome, 4, 1.0, &mut rng).unwrap();
     assert!(outcome.queries > 0 && outcome.queries == co.queries());
     // Every neuron that got clean votes has the true sign; nothing right was broken, and wrong signs
     // were corrected (where the control rank allows isolation at all: here the layer is so expansive

@@ -16,6 +16,7 @@
 
 pub mod brute;
 pub mod last_layer;
+mod local;
 pub mod soe;
 pub mod wiggle;
 

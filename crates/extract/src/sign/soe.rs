@@ -16,13 +16,15 @@ use rand::Rng;
 use rand_chacha::ChaCha20Rng;
 use rand_distr::StandardNormal;
 
-/// Runs the method; `None` when the layer is wider than the control space at every probe.
+/// Runs the method; `None` when the layer is wider than the control space at every probe. Neurons
+/// whose confidence stays below `confidence_min` are left to the wiggle.
 pub fn recover<O: Oracle + ?Sized>(
     oracle: &CountingOracle<'_, O>,
     known: &KnownPrefix,
     layer: &Layer,
     points: usize,
     min_votes: usize,
+    confidence_min: f64,
     sigma: f64,
     rel_tol: f64,
     abs_floor: f64,
@@ -32,20 +34,36 @@ pub fn recover<O: Oracle + ?Sized>(
     let w = layer.fan_out();
     let d0 = known.input_dim;
     let q0 = oracle.queries();
-    let mut plus = vec![0usize; w];
-    let mut minus = vec![0usize; w];
+    let mut sides = vec![Sides::default(); w];
     let mut usable = 0;
     let with_layer = known.extended(layer);
-    for attempt in 0..points.max(1) * 4 {
-        if usable >= points && (0..w).all(|k| plus[k] + minus[k] >= min_votes) {
-            break;
+    let points = points.max(1);
+    let mut decided = vec![(1.0, 0.0); w];
+    let mut climbed_failures = 0;
+    for attempt in 0..points * MAX_ATTEMPTS_FACTOR {
+        if usable >= points {
+            decided = decide_all(&sides, min_votes, confidence_min);
+            // Adaptive: stop once every neuron is clear, sample on (up to a cap) while some are not.
+            if decided.iter().all(|&(_, c)| c >= confidence_min)
+                || usable >= points * MAX_POINTS_FACTOR
+            {
+                break;
+            }
         }
         // Random points first; when they lack control rank, points where more earlier units fire.
         let x0: Vec<f64> = (0..d0)
             .map(|_| sigma * rng.sample::<f64, _>(StandardNormal))
             .collect();
-        let Some((x, dirs, scale, z)) = full_rank_probe(&with_layer, x0, attempt >= points) else {
+        let climb = attempt >= points;
+        let Some((x, dirs, scale, z)) = full_rank_probe(&with_layer, x0, climb) else {
             tracing::trace!(attempt, "soe: no full-rank probe");
+            climbed_failures += usize::from(climb);
+            // Behind three or more 256-wide layers no point has the layer in full control (every
+            // earlier unit would have to be active at once, which a linear program shows infeasible
+            // on the balanced 3072-256×8-10); each climb there costs seconds, so stop early.
+            if usable == 0 && climbed_failures >= CLIMB_FAILURES_MAX {
+                break;
+            }
             continue;
         };
         let m = with_layer.margin(&x, &dirs);
@@ -92,38 +110,148 @@ pub fn recover<O: Oracle + ?Sized>(
             .max(big * eps);
         for k in 0..w {
             let Some(r) = resp[k] else { continue };
-            // Non-zero beyond the answers' noise (`noise_rel·|f|` per answer, so ~noise_rel·|f|/eps on
-            // a difference quotient).
-            if r * eps / scale[k] > noise_rel * sc && r > 1e-9_f64.max(10.0 * noise_rel) * big {
-                if z[k] > 0.0 {
-                    plus[k] += 1;
-                } else {
-                    minus[k] += 1;
-                }
+            if z[k] == 0.0 {
+                continue;
+            }
+            // Below the answers' noise (`noise_rel·|f|` per answer, so ~noise_rel·|f|/eps on a
+            // difference quotient) a response is indistinguishable from none.
+            let rel = if r * eps / scale[k] > noise_rel * sc {
+                r / big
+            } else {
+                0.0
+            };
+            if z[k] > 0.0 {
+                sides[k].pos.push(rel);
+            } else {
+                sides[k].neg.push(rel);
             }
         }
     }
     if usable == 0 {
         return Ok(None);
     }
-    let mut signs = vec![1.0; w];
-    let mut conf = vec![0.0; w];
-    for k in 0..w {
-        let tot = plus[k] + minus[k];
-        if tot == 0 {
-            continue;
-        }
-        signs[k] = if plus[k] >= minus[k] { 1.0 } else { -1.0 };
-        let agree = plus[k].max(minus[k]) as f64 / tot as f64;
-        // Few votes cap confidence: one vote is weaker evidence than five.
-        conf[k] = agree * (1.0 - 0.5_f64.powi(tot as i32));
+    if usable < points {
+        decided = decide_all(&sides, min_votes, confidence_min);
     }
+    for (k, s) in sides.iter().enumerate() {
+        tracing::trace!(
+            neuron = k,
+            sign = decided[k].0,
+            confidence = decided[k].1,
+            pos = ?s.pos,
+            neg = ?s.neg,
+            "soe: responses"
+        );
+    }
+    tracing::debug!(
+        usable,
+        unsure = decided.iter().filter(|&&(_, c)| c < confidence_min).count(),
+        "soe: probe points used"
+    );
     Ok(Some(SignOutcome {
         method: "soe-exact",
-        signs,
-        confidence: conf,
+        signs: decided.iter().map(|&(s, _)| s).collect(),
+        confidence: decided.iter().map(|&(_, c)| c).collect(),
         queries: oracle.queries() - q0,
     }))
+}
+
+/// Usable probe points are drawn up to this multiple of `sign_points` while some neuron is unclear.
+const MAX_POINTS_FACTOR: usize = 4;
+
+/// Climbed attempts that may fail before the first usable point before the method gives up.
+const CLIMB_FAILURES_MAX: usize = 4;
+
+/// Attempts (random or climbed points, usable or not) allowed per requested point.
+const MAX_ATTEMPTS_FACTOR: usize = 8;
+
+/// An active neuron's response must exceed an inactive one's by this factor for the pair to count as
+/// cleanly separated. Inactive responses are not exactly zero once the rows carry recovery error `ε`:
+/// `v_k` then moves every other unit by ~`ε·cond(Z)`, which on a 3072-256×8-10 with rows good to 1e-9
+/// is ~1e-6 of the largest response, above the fixed 1e-9 cut this method used before, so votes of
+/// inactive neurons came in and split the count. Active responses sit at 1e-3..1 of the largest.
+const SEPARATION: f64 = 100.0;
+
+/// With evidence from one side only, a response must exceed this fraction of the point's largest,
+/// and [`SEPARATION`] × the leak seen on the quiet side of the neurons decided from both sides, to
+/// count as proof of activity. The fixed floor alone was not enough: on layer 3 of a balanced
+/// 3072-256×8-10 with rows good to 1e-9 a neuron seen only at `ẑ > 0` (24 of 24 points) showed
+/// responses of 3e-5..1e-4 there — all leak, its true sign was the other one.
+const ONE_SIDED_NONZERO: f64 = 1e-6;
+
+/// Every neuron's `(sign, confidence)`: a first pass with the fixed floor, then the one-sided
+/// neurons again with the leak measured on the confident two-sided ones.
+fn decide_all(sides: &[Sides], min_votes: usize, confidence_min: f64) -> Vec<(f64, f64)> {
+    let first: Vec<(f64, f64)> = sides.iter().map(|s| s.decide(min_votes, 0.0)).collect();
+    let leak = sides
+        .iter()
+        .zip(&first)
+        .filter(|(s, d)| !s.pos.is_empty() && !s.neg.is_empty() && d.1 >= confidence_min)
+        .flat_map(|(s, d)| if d.0 > 0.0 { &s.neg } else { &s.pos })
+        .fold(0.0_f64, |m, &v| m.max(v));
+    sides.iter().map(|s| s.decide(min_votes, leak)).collect()
+}
+
+/// One neuron's responses (relative to the largest at the same point), split by the sign of its
+/// recovered pre-activation there: on the active side they are the neuron's influence on the output,
+/// on the inactive side only recovery-error leakage and rounding.
+#[derive(Debug, Clone, Default)]
+struct Sides {
+    pos: Vec<f64>,
+    neg: Vec<f64>,
+}
+
+impl Sides {
+    /// `(sign, confidence)`. With both sides seen, the side with the larger median response is the
+    /// active one, and the confidence is the fraction of (active, inactive) pairs separated by
+    /// [`SEPARATION`], capped by the sample count (`1 − 2^−n`: a few points are weaker evidence than
+    /// many). With one side only, responses clearly above `leak` (the largest quiet-side response of the
+    /// confident two-sided neurons) there prove that side active.
+    fn decide(&self, min_votes: usize, leak: f64) -> (f64, f64) {
+        let cap = |n: usize| {
+            if n < min_votes {
+                0.0
+            } else {
+                1.0 - 0.5_f64.powi(n as i32)
+            }
+        };
+        if !self.pos.is_empty() && !self.neg.is_empty() {
+            let (mp, mn) = (median(&self.pos), median(&self.neg));
+            let (sign, active, quiet) = if mp >= mn {
+                (1.0, &self.pos, &self.neg)
+            } else {
+                (-1.0, &self.neg, &self.pos)
+            };
+            let separated = active
+                .iter()
+                .map(|&a| quiet.iter().filter(|&&b| a > SEPARATION * b).count())
+                .sum::<usize>();
+            let frac = separated as f64 / (active.len() * quiet.len()) as f64;
+            return (sign, frac * cap(self.pos.len() + self.neg.len()));
+        }
+        let (sign, seen) = if self.pos.is_empty() {
+            (-1.0, &self.neg)
+        } else {
+            (1.0, &self.pos)
+        };
+        if seen.is_empty() {
+            return (1.0, 0.0);
+        }
+        let floor = ONE_SIDED_NONZERO.max(SEPARATION * leak);
+        let nonzero = seen.iter().filter(|&&r| r > floor).count();
+        if nonzero == 0 {
+            // Never active where it was seen: most likely the other side, but a blocked path looks the
+            // same, so only as a guess.
+            return (-sign, 0.5 * cap(seen.len()));
+        }
+        (sign, nonzero as f64 / seen.len() as f64 * cap(nonzero))
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[s.len() / 2]
 }
 
 /// A probe: point, unit directions, their scales, pre-activations.

@@ -9,14 +9,20 @@
 //! neurons below the threshold are re-run with more samples.
 
 use super::SignOutcome;
+use super::local::{
+    LayerLocal, first_layer_gram, max_step, mul_vec, pre_activations, pre_activations_from,
+};
 use crate::error::ExtractError;
 use crate::known::KnownPrefix;
 use crate::layer::random_line;
-use crate::linalg::{dot, lstsq, norm};
+use crate::linalg::norm;
 use crate::oracle::{CountingOracle, Oracle};
 use faer::Mat;
+use faer::linalg::solvers::Solve;
 use netxray_relu::Layer;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
+use rayon::prelude::*;
 
 struct Probe {
     neuron: usize,
@@ -24,7 +30,19 @@ struct Probe {
     delta: Vec<f64>,
 }
 
+/// Grid of the first look along a random line for a sign change of `ẑ_k`.
+const HYPERPLANE_GRID: usize = 32;
+
+/// Regula-falsi steps allowed once a sign change of `ẑ_k` is bracketed.
+const HYPERPLANE_STEPS: usize = 64;
+
 /// A point on neuron `k`'s hyperplane where a random line crosses it (offline), or `None`.
+///
+/// `ẑ_k` is continuous and piecewise affine along the line, so a sign change found on a coarse grid
+/// is narrowed by regula falsi until both ends lie in one linear piece of the layer's known prefix,
+/// where the interpolated zero is exact. This takes a few dozen forward passes; listing every kink of
+/// the prefix on the line first (as this did before) took one forward pass per kink, ~1,800 on a
+/// line through seven 256-wide layers.
 fn point_on_hyperplane(
     with_layer: &KnownPrefix,
     k: usize,
@@ -32,79 +50,127 @@ fn point_on_hyperplane(
     sigma: f64,
 ) -> Option<Vec<f64>> {
     let d0 = with_layer.input_dim;
+    let depth = with_layer.layers.len();
     let half = 10.0 * sigma * (d0 as f64).sqrt();
     let line = random_line(rng, d0, sigma);
-    let prefix = KnownPrefix {
-        layers: with_layer.layers[..with_layer.layers.len() - 1].to_vec(),
-        input_dim: d0,
+    // The first layer is affine along the line: its pre-activations at `t` are `a + t·c`, so each
+    // evaluation below costs the deeper (256 × 256) layers only, not a pass over W₁ (256 × 3072,
+    // 6 MB streamed per point, most of the wiggle's time when it was done per point).
+    let w1 = &with_layer.layers[0];
+    let a: Vec<f64> = mul_vec(w1.weight.as_ref(), &line.origin)
+        .into_iter()
+        .zip(&w1.bias)
+        .map(|(v, b)| v + b)
+        .collect();
+    let c = mul_vec(w1.weight.as_ref(), &line.dir);
+    // (ẑ_k, the prefix's ReLU pattern) at t.
+    let eval = |t: f64| -> Option<(f64, Vec<bool>)> {
+        let z1: Vec<f64> = a.iter().zip(&c).map(|(a, c)| a + t * c).collect();
+        let pre = pre_activations_from(with_layer, z1);
+        let z = *pre.last()?.get(k)?;
+        let pattern = pre[..depth - 1]
+            .iter()
+            .flatten()
+            .map(|&v| v > 0.0)
+            .collect();
+        Some((z, pattern))
     };
-    let mut bps = vec![-half];
-    bps.extend(prefix.kinks_on_line(&line.origin, &line.dir, -half, half));
-    bps.push(half);
-    let depth = with_layer.layers.len();
-    let zk: Vec<f64> = bps
-        .iter()
-        .map(|&t| {
-            with_layer
-                .pre_activations(&line.at(t), depth)
-                .last()
-                .and_then(|z| z.get(k).copied())
-        })
-        .collect::<Option<Vec<f64>>>()?;
-    let j = (0..bps.len() - 1).find(|&j| (zk[j] > 0.0) != (zk[j + 1] > 0.0))?;
-    let t = bps[j] + (bps[j + 1] - bps[j]) * zk[j] / (zk[j] - zk[j + 1]);
-    Some(line.at(t))
+    let grid: Vec<f64> = (0..=HYPERPLANE_GRID)
+        .map(|i| -half + 2.0 * half * i as f64 / HYPERPLANE_GRID as f64)
+        .collect();
+    let vals: Vec<(f64, Vec<bool>)> = grid.iter().map(|&t| eval(t)).collect::<Option<_>>()?;
+    let j = (0..HYPERPLANE_GRID).find(|&j| (vals[j].0 > 0.0) != (vals[j + 1].0 > 0.0))?;
+    let (mut a, mut b) = (
+        (grid[j], vals[j].clone()),
+        (grid[j + 1], vals[j + 1].clone()),
+    );
+    for _ in 0..HYPERPLANE_STEPS {
+        let t = a.0 + (b.0 - a.0) * a.1.0 / (a.1.0 - b.1.0);
+        if !(t > a.0 && t < b.0) {
+            return None;
+        }
+        if a.1.1 == b.1.1 {
+            // One linear piece: the interpolated zero is exact.
+            return Some(line.at(t));
+        }
+        let m = (t, eval(t)?);
+        if m.1.0 == 0.0 {
+            return Some(line.at(t));
+        }
+        if (m.1.0 > 0.0) == (a.1.0 > 0.0) {
+            a = m;
+        } else {
+            b = m;
+        }
+    }
+    None
 }
 
 /// Places one wiggle probe for neuron `k`, or `None` when the line does not give a clean point.
-fn place(with_layer: &KnownPrefix, k: usize, rng: &mut ChaCha20Rng, sigma: f64) -> Option<Probe> {
+fn place(
+    with_layer: &KnownPrefix,
+    g: &Mat<f64>,
+    k: usize,
+    rng: &mut ChaCha20Rng,
+    sigma: f64,
+) -> Option<Probe> {
     let d0 = with_layer.input_dim;
     let x = point_on_hyperplane(with_layer, k, rng, sigma)?;
-    let st = with_layer.local_full(&x);
-    let z = st.dpre.last()?; // width × d0
-    let w = z.nrows();
+    let loc = LayerLocal::at(with_layer, g, &x);
+    let s = &loc.gram; // Z Zᵀ, w × w
+    let w = s.nrows();
     // δ = M⁻¹ z_k / (z_kᵀ M⁻¹ z_k), M = Z₋ₖᵀ Z₋ₖ + λI: move ẑ_k, disturb the others least.
-    // By the push-through identity M⁻¹ z_k = (z_k − Z₋ₖᵀ (Z₋ₖ Z₋ₖᵀ + λI)⁻¹ Z₋ₖ z_k) / λ, a solve
-    // of the layer's width instead of the input's (the scale 1/λ cancels in the normalisation):
-    // O(w²·d₀) per probe rather than O(d₀³), which on a 784-input net is the difference between
-    // seconds and hours of wiggling.
-    let zk_row: Vec<f64> = (0..d0).map(|c| z[(k, c)]).collect();
+    // By the push-through identity M⁻¹ z_k = (z_k − Z₋ₖᵀ (Z₋ₖ Z₋ₖᵀ + λI)⁻¹ Z₋ₖ z_k) / λ, so
+    // δ ∝ Zᵀ c with c = e_k − (S₋ₖ₋ₖ + λI)⁻¹ S₋ₖₖ on the others: a solve of the layer's width, on
+    // the layer-space Gram matrix (the scale 1/λ cancels in the normalisation).
     let others: Vec<usize> = (0..w).filter(|&r| r != k).collect();
     let n = others.len();
-    // Dense GEMMs on the gathered rows: the naive strided sums here were most of the run time of a
-    // 784-128-128-128-10 extraction.
-    let zo = gather_rows(z, &others);
-    let mut gram = &zo * zo.transpose();
+    let mut gram = Mat::<f64>::from_fn(n, n, |i, j| s[(others[i], others[j])]);
     let tr: f64 = (0..n).map(|i| gram[(i, i)]).sum();
-    let lambda = 1e-3 * tr.max(dot(&zk_row, &zk_row)) / d0 as f64;
+    let lambda = 1e-3 * tr.max(s[(k, k)]) / d0 as f64;
     (0..n).for_each(|i| gram[(i, i)] += lambda);
-    let rhs = &zo * column(&zk_row);
+    let rhs = Mat::<f64>::from_fn(n, 1, |i, _| s[(others[i], k)]);
     let u = if n > 0 {
-        lstsq(&gram, &rhs)
+        // Symmetric positive definite (λ > 0): Cholesky.
+        gram.llt(faer::Side::Lower).ok()?.solve(&rhs)
     } else {
         Mat::<f64>::zeros(0, 1)
     };
-    let back = zo.transpose() * &u;
-    let mut delta: Vec<f64> = (0..d0).map(|c| zk_row[c] - back[(c, 0)]).collect();
-    let s = dot(&zk_row, &delta);
-    if !(s.is_finite() && s.abs() > 0.0) {
+    let mut c = vec![0.0; w];
+    c[k] = 1.0;
+    for (i, &r) in others.iter().enumerate() {
+        c[r] = -u[(i, 0)];
+    }
+    // z_k·δ = (S c)_k.
+    let sk: f64 = (0..w).map(|j| s[(k, j)] * c[j]).sum();
+    if !(sk.is_finite() && sk.abs() > 0.0) {
         return None;
     }
-    delta.iter_mut().for_each(|v| *v /= s);
+    c.iter_mut().for_each(|v| *v /= sk);
+    let delta = loc.direction(with_layer, &c);
     // Step: no earlier unit and no other unit of this layer may flip.
-    let tmax = max_step(&st, k, &delta);
+    let tmax = max_step(&loc.pre, &loc.derivatives(with_layer, g, &c), k);
     let t = (0.5 * tmax).min(sigma / norm(&delta).max(f64::MIN_POSITIVE));
     scaled_probe(k, x, delta, t)
 }
 
-/// Runs `place` for every neuron in order, all drawing from `rng`, and concatenates the probes.
-/// Sequential on purpose: one shared stream keeps the probes, and so the signs, of every seed as they
-/// were (per-neuron streams on both cores changed them).
-fn place_per_neuron<F>(neurons: &[usize], rng: &mut ChaCha20Rng, mut place: F) -> Vec<Probe>
+/// Runs `place` for every neuron and concatenates the probes, in neuron order.
+fn place_per_neuron<F>(neurons: &[usize], rng: &mut ChaCha20Rng, place: F) -> Vec<Probe>
 where
-    F: FnMut(usize, &mut ChaCha20Rng) -> Vec<Probe>,
+    F: Fn(usize, &mut ChaCha20Rng) -> Vec<Probe> + Sync,
 {
-    neurons.iter().flat_map(|&k| place(k, rng)).collect()
+    // One stream per neuron, seeded in neuron order from `rng`: the same probes whatever the
+    // thread count, and the neurons on all cores (one after the other, the wiggle of a 256-wide
+    // layer behind 3072 inputs spent most of its time handing small products between threads).
+    let seeds: Vec<u64> = neurons.iter().map(|_| rng.random::<u64>()).collect();
+    neurons
+        .par_iter()
+        .zip(&seeds)
+        .map(|(&k, &seed)| place(k, &mut ChaCha20Rng::seed_from_u64(seed)))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// The probe of neuron `k` at `x` along `t·delta`, or `None` when no positive finite step exists.
@@ -155,13 +221,14 @@ fn vote<O: Oracle + ?Sized>(
     rng: &mut ChaCha20Rng,
     counts: &mut [(usize, usize)],
 ) -> Result<(), ExtractError> {
+    let g = &first_layer_gram(with_layer);
     let probes = place_per_neuron(neurons, rng, |k, r| {
         let mut got = Vec::new();
         for _ in 0..samples * 4 {
             if got.len() == samples {
                 break;
             }
-            if let Some(p) = place(with_layer, k, r, sigma) {
+            if let Some(p) = place(with_layer, g, k, r, sigma) {
                 got.push(p);
             }
         }
@@ -182,11 +249,13 @@ fn vote<O: Oracle + ?Sized>(
     Ok(())
 }
 
-/// Runs the wiggle for every neuron of `layer`, re-running low-confidence ones with more samples.
+/// Runs the wiggle for the neurons `neurons` of `layer`, re-running low-confidence ones with more
+/// samples. Neurons not listed get sign +1 and confidence 0 (another method decided them).
 pub fn recover<O: Oracle + ?Sized>(
     oracle: &CountingOracle<'_, O>,
     known: &KnownPrefix,
     layer: &Layer,
+    neurons: &[usize],
     samples: usize,
     confidence_min: f64,
     sigma: f64,
@@ -197,11 +266,10 @@ pub fn recover<O: Oracle + ?Sized>(
     let q0 = oracle.queries();
     let with_layer = known.extended(layer);
     let mut counts = vec![(0usize, 0usize); w];
-    let all: Vec<usize> = (0..w).collect();
     vote(
         oracle,
         &with_layer,
-        &all,
+        neurons,
         samples,
         sigma,
         noise_rel,
@@ -217,7 +285,9 @@ pub fn recover<O: Oracle + ?Sized>(
         }
     };
     for round in 1..=2 {
-        let low: Vec<usize> = (0..w)
+        let low: Vec<usize> = neurons
+            .iter()
+            .copied()
             .filter(|&k| conf_of(counts[k]) < confidence_min)
             .collect();
         if low.is_empty() {
@@ -245,42 +315,13 @@ pub fn recover<O: Oracle + ?Sized>(
     })
 }
 
-/// Largest step along `delta` (a multiple of 1) before any known unit, or any unit of the last
-/// layer other than `k`, changes sign: first order, exact within the current linear region.
-fn max_step(st: &crate::known::LocalState, k: usize, delta: &[f64]) -> f64 {
-    let d = column(delta);
-    let mut tmax = f64::INFINITY;
-    for (l, (pre, dpre)) in st.pre.iter().zip(&st.dpre).enumerate() {
-        let last = l + 1 == st.pre.len();
-        let g = dpre * &d;
-        for u in 0..pre.len() {
-            if last && u == k {
-                continue;
-            }
-            if g[(u, 0)] != 0.0 {
-                tmax = tmax.min(pre[u].abs() / g[(u, 0)].abs());
-            }
-        }
-    }
-    tmax
-}
-
-/// The rows `rows` of `m`, gathered into a dense matrix (for GEMMs).
-fn gather_rows(m: &Mat<f64>, rows: &[usize]) -> Mat<f64> {
-    Mat::<f64>::from_fn(rows.len(), m.ncols(), |i, c| m[(rows[i], c)])
-}
-
-/// `v` as a one-column matrix.
-fn column(v: &[f64]) -> Mat<f64> {
-    Mat::<f64>::from_fn(v.len(), 1, |i, _| v[i])
-}
-
 /// An *isolated* wiggle for neuron `k`: at a point of its hyperplane, a direction that moves `ẑ_k`
 /// by one unit and keeps every other unit of the layer that is active there (under the current
 /// `signs`) exactly still — inactive ones may move, they contribute nothing. `None` unless the
 /// control rank allows exact isolation at the point found.
 fn place_isolated(
     with_layer: &KnownPrefix,
+    g: &Mat<f64>,
     k: usize,
     signs: &[f64],
     rng: &mut ChaCha20Rng,
@@ -288,31 +329,43 @@ fn place_isolated(
 ) -> Option<Probe> {
     let d0 = with_layer.input_dim;
     let x = point_on_hyperplane(with_layer, k, rng, sigma)?;
-    let st = with_layer.local_full(&x);
-    let z = st.dpre.last()?;
-    let pre = st.pre.last()?;
+    let pre = pre_activations(with_layer, &x);
+    let z = pre.last()?;
     let mut rows = vec![k];
-    rows.extend((0..z.nrows()).filter(|&j| j != k && signs[j] * pre[j] > 0.0));
-    if rows.len() > d0 {
+    rows.extend((0..z.len()).filter(|&j| j != k && signs[j] * z[j] > 0.0));
+    // The control rank is at most the active count of every earlier layer (and d₀): with more rows
+    // than that, exact isolation is impossible, so no algebra is spent on the point.
+    let rank_bound = pre[..pre.len() - 1]
+        .iter()
+        .map(|p| p.iter().filter(|&&v| v > 0.0).count())
+        .fold(d0, usize::min);
+    if rows.len() > rank_bound {
         return None;
     }
-    // Minimum-norm δ with C δ = e₁, C = [z_k; Z_active]: δ = Cᵀ (C Cᵀ)⁻¹ e₁.
+    let loc = LayerLocal::at(with_layer, g, &x);
+    // Minimum-norm δ with C δ = e₁, C = [z_k; Z_active]: δ = Cᵀ (C Cᵀ)⁻¹ e₁, with C Cᵀ the rows'
+    // block of the layer-space Gram matrix.
     let n = rows.len();
-    let zr = gather_rows(z, &rows);
-    let gram = &zr * zr.transpose();
+    let gram = Mat::<f64>::from_fn(n, n, |i, j| loc.gram[(rows[i], rows[j])]);
     let e1 = Mat::<f64>::from_fn(n, 1, |i, _| f64::from(u8::from(i == 0)));
-    let u = lstsq(&gram, &e1);
-    let dcol = zr.transpose() * &u;
-    let delta: Vec<f64> = (0..d0).map(|c| dcol[(c, 0)]).collect();
+    // Positive definite exactly when the rows are independent; otherwise no isolation here.
+    let u = gram.llt(faer::Side::Lower).ok()?.solve(&e1);
+    let w = z.len();
+    let mut c = vec![0.0; w];
+    for (i, &r) in rows.iter().enumerate() {
+        c[r] = u[(i, 0)];
+    }
     // Exact isolation only: the active others must not move beyond rounding.
-    let moved = &zr * &dcol;
-    if (moved[(0, 0)] - 1.0).abs() > ISOLATION_TOL
-        || (1..n).any(|i| moved[(i, 0)].abs() > ISOLATION_TOL)
+    let deriv = loc.derivatives(with_layer, g, &c);
+    let moved = deriv.last()?;
+    if (moved[k] - 1.0).abs() > ISOLATION_TOL
+        || rows[1..].iter().any(|&r| moved[r].abs() > ISOLATION_TOL)
     {
         return None;
     }
-    let t =
-        (0.25 * max_step(&st, k, &delta)).min(0.1 * sigma / norm(&delta).max(f64::MIN_POSITIVE));
+    let delta = loc.direction(with_layer, &c);
+    let t = (0.25 * max_step(&loc.pre, &deriv, k))
+        .min(0.1 * sigma / norm(&delta).max(f64::MIN_POSITIVE));
     scaled_probe(k, x, delta, t)
 }
 
@@ -325,7 +378,8 @@ const ISOLATION_TOL: f64 = 1e-9;
 /// (~1e-13 relative); a wrongly assumed-inactive neighbour or a deeper unit flipping moves both sides.
 const CLEAN_RATIO: f64 = 1e-6;
 
-/// Isolated wiggles for every neuron of `layer`, starting from `outcome`'s signs: a clean vote (the
+/// Isolated wiggles for the neurons `neurons` of `layer`, starting from `outcome`'s signs (those of
+/// the other neurons are taken as settled and only tell which neighbours are active): a clean vote (the
 /// output moves on one side only) proves the active side. A neuron whose clean votes all agree (at
 /// least two) gets that sign with confidence `1 − 2^−(votes+2)`; one whose clean votes disagree is set
 /// to confidence 0 (reported low). Two passes, so that the second uses the signs the first fixed.
@@ -335,6 +389,7 @@ pub fn isolate<O: Oracle + ?Sized>(
     oracle: &CountingOracle<'_, O>,
     known: &KnownPrefix,
     layer: &Layer,
+    neurons: &[usize],
     outcome: &mut SignOutcome,
     probes_per_neuron: usize,
     sigma: f64,
@@ -345,15 +400,15 @@ pub fn isolate<O: Oracle + ?Sized>(
     let with_layer = known.extended(layer);
     let before = outcome.signs.clone();
     for _pass in 0..2 {
-        let all: Vec<usize> = (0..w).collect();
         let signs = &outcome.signs;
-        let probes = place_per_neuron(&all, rng, |k, r| {
+        let g = &first_layer_gram(&with_layer);
+        let probes = place_per_neuron(neurons, rng, |k, r| {
             let mut got = Vec::new();
             for _ in 0..probes_per_neuron * 16 {
                 if got.len() == probes_per_neuron {
                     break;
                 }
-                if let Some(p) = place_isolated(&with_layer, k, signs, r, sigma) {
+                if let Some(p) = place_isolated(&with_layer, g, k, signs, r, sigma) {
                     got.push(p);
                 }
             }

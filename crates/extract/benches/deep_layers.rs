@@ -1,0 +1,189 @@
+//! Cost of one deeper layer of a wide, deep net, measured on its own: the known prefix is the target's
+//! own first `LAYER − 1` hidden layers (a development bench: the attack itself never sees them, and an
+//! end-to-end run must recover them first), so the signatures or the signs of layer `LAYER` of the
+//! balanced 3072-256×8-10 can be timed in minutes instead of after an hour of earlier layers.
+//!
+//! Balanced init has unit-norm rows, the attack's own gauge, so the true prefix is what a perfect
+//! recovery of the earlier layers would hand over (up to a permutation, which does not matter here).
+//!
+//! Environment (defaults in brackets):
+//! - `ARCH` [3072-256-256-256-256-256-256-256-256-10], `MODEL_SEED` [7], `SEED` [1] (attack seed);
+//! - `LAYER` [2]: the 1-based hidden layer to recover;
+//! - `STAGE` [signs]: `signs` (the true rows of the layer with random sign flips, through
+//!   `pipeline::sign_layer`), `signatures` (`layer::recover_layer`, scored against the true rows) or
+//!   `both`;
+//! - `PROBE_COORDS` [24], `PROBE_UNITS` [32]: the screening flags of `scripts/bench-scale.sh`;
+//! - `RUST_LOG` [warn]: the attack's log (e.g. `info,netxray_extract::sign=debug`);
+//! - `PERTURB` [0]: relative Gaussian noise added to every known and signed row (weights and bias),
+//!   to stand in for the recovery error of real earlier layers (session 14 measured layer 1 of the
+//!   3072-256×8-10 at a median 9e-11 and worst 3e-7 of the row norm).
+//!
+//! `LAYER=2 STAGE=signs cargo bench -p netxray-extract --bench deep_layers`
+
+use netxray_extract::known::KnownPrefix;
+use netxray_extract::layer::recover_layer;
+use netxray_extract::pipeline::sign_layer;
+use netxray_extract::{CountingOracle, ExtractParams, NetworkOracle};
+use netxray_relu::{Arch, InitRecipe, Layer, Network};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use rand_distr::StandardNormal;
+use std::time::Instant;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let arch_s: String = env_or(
+        "ARCH",
+        "3072-256-256-256-256-256-256-256-256-10".to_string(),
+    );
+    let arch: Arch = arch_s.parse().expect("ARCH");
+    let model_seed: u64 = env_or("MODEL_SEED", 7);
+    let seed: u64 = env_or("SEED", 1);
+    let layer_no: usize = env_or("LAYER", 2);
+    let stage: String = env_or("STAGE", "signs".to_string());
+    let hidden = arch.hidden().len();
+    assert!(
+        (1..=hidden).contains(&layer_no),
+        "LAYER must be a hidden layer (1..={hidden})"
+    );
+    let net = Network::random(&arch, InitRecipe::Balanced, model_seed);
+    let p = ExtractParams::builder()
+        .seed(seed)
+        .probe_coords(env_or("PROBE_COORDS", 24))
+        .probe_units(env_or("PROBE_UNITS", 32))
+        .build()
+        .expect("params");
+    let target = NetworkOracle::new(net.clone());
+    let oracle = CountingOracle::new(&target, None);
+    let perturb: f64 = env_or("PERTURB", 0.0);
+    let mut noise_rng = ChaCha20Rng::seed_from_u64(seed ^ 0x0153);
+    let mut noisy = |l: &Layer| -> Layer {
+        let mut l = l.clone();
+        if perturb > 0.0 {
+            for r in 0..l.fan_out() {
+                let norm = (0..l.fan_in())
+                    .map(|c| l.weight[(r, c)].powi(2))
+                    .sum::<f64>()
+                    .sqrt();
+                for c in 0..l.fan_in() {
+                    l.weight[(r, c)] += perturb * norm * noise_rng.sample::<f64, _>(StandardNormal);
+                }
+                l.bias[r] += perturb * norm * noise_rng.sample::<f64, _>(StandardNormal);
+            }
+        }
+        l
+    };
+    let known = KnownPrefix {
+        layers: net.layers()[..layer_no - 1]
+            .iter()
+            .map(&mut noisy)
+            .collect(),
+        input_dim: arch.input_dim(),
+    };
+    let truth = &net.layers()[layer_no - 1];
+    let truth_noisy = noisy(truth);
+    let last_hidden = layer_no == hidden;
+    let mut rng = ChaCha20Rng::seed_from_u64(
+        seed ^ (0x9E37_79B9_7F4A_7C15_u64.wrapping_mul(layer_no as u64)),
+    );
+    println!(
+        "{arch_s} (balanced, seed {model_seed}), layer {layer_no} of {hidden}, attack seed {seed}, \
+         known prefix: the target's own {} layer(s)",
+        layer_no - 1
+    );
+    if stage == "signatures" || stage == "both" {
+        let (q0, t0) = (oracle.queries(), Instant::now());
+        let sig = recover_layer(
+            &oracle,
+            &known,
+            truth.fan_out(),
+            last_hidden,
+            &p,
+            &mut rng,
+            |_, _| {},
+        )
+        .expect("recover_layer");
+        let secs = t0.elapsed().as_secs_f64();
+        let (mut matched, mut worst) = (vec![false; truth.fan_out()], 0.0_f64);
+        for n in &sig.neurons {
+            let (best, cos) = (0..truth.fan_out())
+                .map(|r| {
+                    let c: f64 = (0..truth.fan_in())
+                        .map(|c| truth.weight[(r, c)] * n.w[c])
+                        .sum();
+                    (r, c.abs())
+                })
+                .fold((0, 0.0), |a, b| if b.1 > a.1 { b } else { a });
+            matched[best] = true;
+            worst = worst.max(1.0 - cos);
+        }
+        println!(
+            "signatures: {} of {} neurons ({} validated, {} distinct true rows), worst 1-|cos| {:.2e}, \
+             {} queries (search {}, signatures {}, refine {}), {:.1} s, {} lines, {} critical points",
+            sig.neurons.len(),
+            truth.fan_out(),
+            sig.neurons.iter().filter(|n| n.validated).count(),
+            matched.iter().filter(|&&m| m).count(),
+            worst,
+            oracle.queries() - q0,
+            sig.search_queries,
+            sig.signature_queries,
+            sig.refine_queries,
+            secs,
+            sig.lines,
+            sig.critical_points,
+        );
+    }
+    if stage == "signs" || stage == "both" {
+        // The recovered rows come with an unknown sign each: flip a random half of the true ones.
+        let mut flip_rng = ChaCha20Rng::seed_from_u64(seed ^ 0x5167);
+        let flips: Vec<f64> = (0..truth.fan_out())
+            .map(|_| if flip_rng.random::<bool>() { -1.0 } else { 1.0 })
+            .collect();
+        let mut unsigned: Layer = truth_noisy.clone();
+        for (r, &s) in flips.iter().enumerate() {
+            for c in 0..unsigned.fan_in() {
+                unsigned.weight[(r, c)] *= s;
+            }
+            unsigned.bias[r] *= s;
+        }
+        let (q0, t0) = (oracle.queries(), Instant::now());
+        let out =
+            sign_layer(&oracle, &known, &unsigned, last_hidden, &p, &mut rng).expect("sign_layer");
+        let secs = t0.elapsed().as_secs_f64();
+        let wrong: Vec<usize> = (0..flips.len())
+            .filter(|&k| out.signs[k] * flips[k] < 0.0)
+            .collect();
+        let low = out.low_confidence(p.sign_confidence_min);
+        let wrong_unflagged = wrong.iter().filter(|k| !low.contains(k)).count();
+        for &k in &wrong {
+            println!(
+                "wrong sign: neuron {k}, confidence {:.3}",
+                out.confidence[k]
+            );
+        }
+        println!(
+            "signs ({}): {} wrong of {} ({} of them not flagged), {} low-confidence, {} queries, {:.1} s",
+            out.method,
+            wrong.len(),
+            flips.len(),
+            wrong_unflagged,
+            low.len(),
+            oracle.queries() - q0,
+            secs
+        );
+    }
+}
