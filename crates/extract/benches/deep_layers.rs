@@ -14,9 +14,10 @@
 //!   `both`;
 //! - `PROBE_COORDS` [24], `PROBE_UNITS` [32]: the screening flags of `scripts/bench-scale.sh`;
 //! - `RUST_LOG` [warn]: the attack's log (e.g. `info,netxray_extract::sign=debug`);
-//! - `PERTURB` [0]: relative Gaussian noise added to every known and signed row (weights and bias),
-//!   to stand in for the recovery error of real earlier layers (session 14 measured layer 1 of the
-//!   3072-256×8-10 at a median 9e-11 and worst 3e-7 of the row norm).
+//! - `PERTURB` [0]: Gaussian noise added to every known and signed row (weights and bias), of about
+//!   this fraction of the row's norm in all, to stand in for the recovery error of real earlier
+//!   layers (session 14 measured layer 1 of the 3072-256×8-10 at a median 9e-11 and worst 3e-7 of
+//!   the row norm).
 //!
 //! `LAYER=2 STAGE=signs cargo bench -p netxray-extract --bench deep_layers`
 
@@ -78,10 +79,12 @@ fn main() {
                     .map(|c| l.weight[(r, c)].powi(2))
                     .sum::<f64>()
                     .sqrt();
+                // Per entry, so that the whole row (bias included) is off by ~`perturb` of its norm.
+                let s = perturb * norm / ((l.fan_in() + 1) as f64).sqrt();
                 for c in 0..l.fan_in() {
-                    l.weight[(r, c)] += perturb * norm * noise_rng.sample::<f64, _>(StandardNormal);
+                    l.weight[(r, c)] += s * noise_rng.sample::<f64, _>(StandardNormal);
                 }
-                l.bias[r] += perturb * norm * noise_rng.sample::<f64, _>(StandardNormal);
+                l.bias[r] += s * noise_rng.sample::<f64, _>(StandardNormal);
             }
         }
         l

@@ -9,6 +9,7 @@ use crate::linalg::{dot, norm};
 use crate::oracle::{CountingOracle, Oracle};
 use crate::params::{ExtractParams, PROBE_COMMON_MIN, Precision};
 use crate::signature::{StencilParams, measure, measure_on};
+use faer::Mat;
 use rand::Rng;
 use rand_chacha::ChaCha20Rng;
 use rand_distr::StandardNormal;
@@ -619,12 +620,234 @@ fn follow_to_units(
     None
 }
 
+/// The first known layer's `W₁W₁ᵀ`, factored: maps a change of the first layer's pre-activations
+/// back to the least input change, `Δx = W₁ᵀ (W₁W₁ᵀ)⁻¹ Δz₁`. `None` without two known layers or
+/// when `W₁` has more rows than inputs.
+struct FirstLayerMap {
+    llt: faer::linalg::solvers::Llt<f64>,
+}
+
+impl FirstLayerMap {
+    fn of(known: &KnownPrefix) -> Option<Self> {
+        if known.layers.len() < 2 {
+            return None;
+        }
+        let w1 = &known.layers[0].weight;
+        if w1.nrows() > w1.ncols() {
+            return None;
+        }
+        let g = w1 * w1.transpose();
+        Some(Self {
+            llt: g.llt(faer::Side::Lower).ok()?,
+        })
+    }
+}
+
+/// [`follow_to_units`] behind two or more known layers, where the end point must also keep the
+/// control rank: a witness reads the row on the previous layer's active units only if there are no
+/// more of them than active units in every earlier layer (the rank of the prefix's Jacobian).
+/// Turning all missing units on (~75 per estimate on layer 3 of the 3072-256×8-10) broke that at
+/// every end point, so at most [`FOLLOW_RANKED_UNITS_MAX`] are turned on and as many known ones
+/// (those closest to their boundary) turned off as the bound needs.
+///
+/// The walk is taken in the first layer's pre-activation space: everything after the first layer
+/// depends on the input only through `z₁ = W₁x + b₁`, so each step is a minimum-norm solve in `n₁`
+/// unknowns over products of `n × n` matrices (the input-space walk formed a `256 × 3072` Jacobian
+/// per known layer and step, a fifth of layer 3's time in a profile), and the input follows at the
+/// end by the least change that gives the reached `z₁`.
+fn follow_to_units_ranked(
+    known: &KnownPrefix,
+    first: &FirstLayerMap,
+    theta: &[f64],
+    anchor: &[f64],
+    units: &[usize],
+) -> Option<(Line, f64)> {
+    use faer::linalg::solvers::Solve;
+    let l1 = &known.layers[0];
+    let n1 = l1.fan_out();
+    let depth = known.layers.len();
+    let dim = known.out_dim();
+    let units: Vec<usize> = units
+        .iter()
+        .copied()
+        .take(FOLLOW_RANKED_UNITS_MAX)
+        .collect();
+    let theta_max = theta.iter().fold(0.0_f64, |m, t| m.max(t.abs()));
+    let ac = faer::Col::<f64>::from_fn(anchor.len(), |i| anchor[i]);
+    let wa = &l1.weight * &ac;
+    let z1_anchor: Vec<f64> = (0..n1).map(|u| wa[u] + l1.bias[u]).collect();
+    // Pre-activations of every known layer and their derivatives in z₁ (`width × n₁` each; the
+    // first is the identity).
+    let state = |z1: &[f64]| -> (Vec<Vec<f64>>, Vec<Mat<f64>>) {
+        let mut pre = vec![z1.to_vec()];
+        let mut ms = vec![Mat::<f64>::identity(n1, n1)];
+        for l in &known.layers[1..] {
+            let z = pre.last().expect("a layer");
+            let mut dm = ms.last().expect("a layer").clone();
+            for (r, &v) in z.iter().enumerate() {
+                if v <= 0.0 {
+                    dm.row_mut(r).fill(0.0);
+                }
+            }
+            let h = faer::Col::<f64>::from_fn(z.len(), |i| z[i].max(0.0));
+            let wh = &l.weight * &h;
+            pre.push((0..l.fan_out()).map(|r| wh[r] + l.bias[r]).collect());
+            ms.push(&l.weight * &dm);
+        }
+        (pre, ms)
+    };
+    let value = |pre: &[Vec<f64>]| -> f64 {
+        let z = pre.last().expect("a layer");
+        (0..dim).map(|k| theta[k] * z[k].max(0.0)).sum()
+    };
+    let (pre0, _) = state(&z1_anchor);
+    let v0 = value(&pre0);
+    let last = depth - 1;
+    let mut z1 = z1_anchor.clone();
+    let mut off: Vec<usize> = Vec::new();
+    for _ in 0..FOLLOW_MAX_STEPS {
+        let (pre, ms) = state(&z1);
+        let z = &pre[last];
+        let m = &ms[last];
+        // The hyperplane's normal in z₁ (the gradient of θ·h).
+        let normal: Vec<f64> = (0..n1)
+            .map(|c| {
+                (0..dim)
+                    .filter(|&k| z[k] > 0.0)
+                    .map(|k| theta[k] * m[(k, c)])
+                    .sum()
+            })
+            .collect();
+        let off_plane = value(&pre) - v0;
+        let active = z.iter().filter(|&&v| v > 0.0).count();
+        let bound = pre[..last]
+            .iter()
+            .map(|p| p.iter().filter(|&&v| v > 0.0).count())
+            .min()
+            .unwrap_or(known.input_dim);
+        let rank_room = bound as i64 - FOLLOW_RANK_SLACK as i64 - active as i64;
+        if units.iter().all(|&k| z[k] > 0.0) && rank_room >= 0 {
+            let dz = Mat::<f64>::from_fn(n1, 1, |u, _| z1[u] - z1_anchor[u]);
+            let dx = l1.weight.transpose() * first.llt.solve(&dz);
+            let x: Vec<f64> = anchor
+                .iter()
+                .enumerate()
+                .map(|(i, a)| a + dx[(i, 0)])
+                .collect();
+            // The normal in input space, `W₁ᵀ n`.
+            let nc = faer::Col::<f64>::from_fn(n1, |i| normal[i]);
+            let nx = l1.weight.transpose() * &nc;
+            let gn = nx.norm_l2();
+            if !(gn > 0.0 && gn.is_finite()) {
+                return None;
+            }
+            let dir: Vec<f64> = (0..nx.nrows()).map(|i| nx[i] / gn).collect();
+            let shift = theta_max * units.iter().map(|&k| z[k]).sum::<f64>() + off_plane.abs();
+            let r = (FOLLOW_RADIUS_FACTOR * shift / gn).max(1e-6);
+            return Some((Line { origin: x, dir }, r));
+        }
+        if rank_room < 0 {
+            let mut cand: Vec<usize> = (0..z.len())
+                .filter(|&u| z[u] > 0.0 && !units.contains(&u) && !off.contains(&u))
+                .collect();
+            cand.sort_by(|&a, &b| z[a].total_cmp(&z[b]));
+            off.extend(cand.into_iter().take((-rank_room) as usize));
+        }
+        // Constraints `(layer, unit, target, on)`: the units to turn on, those to turn off (just
+        // past zero on their side: 2 % of the way, as in `follow_to_unit`, and never less than a
+        // hair), and, as the step would turn them off, active units of the earlier layers, held at
+        // half their value: their active counts are the rank bound, and a walk that ignored them
+        // let the bound collapse (13 → 5 active first-layer units on a small test net).
+        let mut cons: Vec<(usize, usize, f64, bool)> = units
+            .iter()
+            .map(|&k| (last, k, 0.02 * z[k].abs() + 1e-9, true))
+            .chain(
+                off.iter()
+                    .map(|&k| (last, k, -(0.02 * z[k].abs() + 1e-9), false)),
+            )
+            .collect();
+        let wrong_side = |on: bool, v: f64| if on { v <= 0.0 } else { v >= 0.0 };
+        let moved = |l: usize, u: usize, step: &[f64]| -> f64 {
+            (0..n1).map(|c| ms[l][(u, c)] * step[c]).sum()
+        };
+        let mut set: Vec<usize> = (0..cons.len())
+            .filter(|&i| wrong_side(cons[i].3, pre[cons[i].0][cons[i].1]))
+            .collect();
+        let mut step = vec![0.0; n1];
+        for _ in 0..FOLLOW_ACTIVE_SET_PASSES {
+            let rows = set.len() + 1;
+            let a = Mat::<f64>::from_fn(rows, n1, |r, c| {
+                if r < set.len() {
+                    let (l, u, _, _) = cons[set[r]];
+                    ms[l][(u, c)]
+                } else {
+                    normal[c]
+                }
+            });
+            let b = Mat::<f64>::from_fn(rows, 1, |r, _| {
+                if r < set.len() {
+                    let (l, u, t, _) = cons[set[r]];
+                    t - pre[l][u]
+                } else {
+                    -off_plane
+                }
+            });
+            let sol = crate::linalg::lstsq(&a, &b);
+            step = (0..n1).map(|c| sol[(c, 0)]).collect();
+            // Constrained units the step would push to the wrong side, and active earlier units
+            // it would turn off (to first order), join the set.
+            let mut extra: Vec<usize> = (0..cons.len())
+                .filter(|i| {
+                    let (l, u, _, on) = cons[*i];
+                    !set.contains(i) && wrong_side(on, pre[l][u] + moved(l, u, &step))
+                })
+                .collect();
+            for (l, p) in pre[..last].iter().enumerate() {
+                for (u, &v) in p.iter().enumerate() {
+                    if v > 0.0
+                        && v + moved(l, u, &step) <= 0.0
+                        && !cons.iter().any(|&(cl, cu, _, _)| cl == l && cu == u)
+                    {
+                        cons.push((l, u, 0.5 * v, true));
+                        extra.push(cons.len() - 1);
+                    }
+                }
+            }
+            if extra.is_empty() {
+                break;
+            }
+            set.extend(extra);
+        }
+        let len = norm(&step);
+        if !len.is_finite() || len == 0.0 {
+            return None;
+        }
+        z1.iter_mut().zip(&step).for_each(|(zi, si)| *zi += si);
+    }
+    None
+}
+
+/// Rounds of the active-set loop of [`follow_to_units_ranked`] per step.
+const FOLLOW_ACTIVE_SET_PASSES: usize = 8;
+
+/// Missing units one following walk turns on behind two or more known layers (see
+/// [`follow_to_units_ranked`]): each one turned on must be paid for by a known one turned off.
+const FOLLOW_RANKED_UNITS_MAX: usize = 16;
+
+/// Active units of the previous layer kept below the rank bound at a following walk's end point, so
+/// that the probe there still has full rank after the small moves of the line search.
+const FOLLOW_RANK_SLACK: usize = 2;
+
 /// The free segments of a following line searched on each side of the one holding its origin. The
 /// end point of [`follow_to_units`] sits just past the boundaries of the units it activated, so a
 /// line along the normal crosses known kinks within a hair on both sides; the estimate's kink is in
 /// the origin's segment or next to it. All of `-r..r` (3,240 segments, 33,693 critical points for
 /// 233 lines on the 3072-256×8-10's layer 2, each probed) cost more than the round's random lines.
 const FOLLOW_SEGMENTS_AROUND: usize = 1;
+
+/// [`FOLLOW_SEGMENTS_AROUND`] behind two or more known layers, where [`follow_to_units`] also turns
+/// units off.
+const FOLLOW_SEGMENTS_AROUND_RANKED: usize = 8;
 
 /// The segments (sorted, disjoint, as [`free_segments_in`] gives them) within `around` places of the
 /// one holding `t = 0` (or of the gap holding it).
@@ -705,6 +928,15 @@ const SCREENED_RESIDUAL_FACTOR: f64 = 3.0;
 /// 2^-30 (layer-1 weights 2.7e-10 instead of 2.5e-11). On the 3072-input layer the rows are left at
 /// a median 9e-11, worst 3e-7, of their norm.
 const SCREENED_POLISH_MAX_INPUTS: usize = 1024;
+
+/// On a screened first layer wider than [`SCREENED_POLISH_MAX_INPUTS`], neurons whose refinement
+/// points lie farther than this from their hyperplane are still polished (the worst
+/// [`WIDE_POLISH_MAX`] of them).
+const WIDE_POLISH_ABOVE: f64 = 1e-9;
+
+/// Neurons polished at most on such a layer: each costs ~200 k queries and ~600 MB of points per
+/// round on 3072 inputs (the polishing budget holds 3 of them at once).
+const WIDE_POLISH_MAX: usize = 3;
 
 /// Units of the previous layer that are alive but not yet known to the estimate `e`: what hyperplane
 /// following still has to find, and why an estimate is not complete.
@@ -989,6 +1221,11 @@ pub fn recover_layer<O: Oracle + ?Sized>(
             // (see `follow_to_units`); elsewhere one line per missing unit, as the bench rows were
             // measured with.
             let all_at_once = deeper_screening;
+            // Behind two or more known layers the walk keeps the control rank (and runs in the
+            // first layer's pre-activation space).
+            let first_map = FirstLayerMap::of(known);
+            // Walks of `follow_to_units` that got there, and those that fell back to one unit.
+            let mut walks = (0usize, 0usize);
             order_follow_asks(&mut asks, if all_at_once { usize::MAX } else { 1 });
             for (e, missing) in asks {
                 if follow_lines.len() >= MAX_FOLLOW_LINES_PER_ROUND {
@@ -996,12 +1233,32 @@ pub fn recover_layer<O: Oracle + ?Sized>(
                 }
                 if all_at_once {
                     let anchor = &e.anchors[rng.random_range(0..e.anchors.len())];
-                    let found = follow_to_units(known, &e.theta, anchor, &missing)
-                        .or_else(|| follow_to_unit(known, &e.theta, anchor, missing[0]));
+                    let walked = match &first_map {
+                        Some(f) => follow_to_units_ranked(known, f, &e.theta, anchor, &missing),
+                        None => follow_to_units(known, &e.theta, anchor, &missing),
+                    };
+                    let found = match walked {
+                        Some(f) => {
+                            walks.0 += 1;
+                            Some(f)
+                        }
+                        None => {
+                            walks.1 += 1;
+                            follow_to_unit(known, &e.theta, anchor, missing[0])
+                        }
+                    };
                     if let Some((line, r)) = found {
                         let id = lines.len() + follow_lines.len();
                         let around = free_segments_in(known, &line, id, -r, r);
-                        segs.extend(segments_around_origin(&around, FOLLOW_SEGMENTS_AROUND));
+                        // Behind two or more known layers the end point sits among the
+                        // boundaries of the units turned on *and* off, and the neuron's own kink
+                        // is seldom in the origin's segment or the next.
+                        let reach = if known.layers.len() >= 2 {
+                            FOLLOW_SEGMENTS_AROUND_RANKED
+                        } else {
+                            FOLLOW_SEGMENTS_AROUND
+                        };
+                        segs.extend(segments_around_origin(&around, reach));
                         follow_lines.push(line);
                     }
                     continue;
@@ -1048,6 +1305,8 @@ pub fn recover_layer<O: Oracle + ?Sized>(
                 )?;
                 tracing::debug!(
                     following = lines.len() - base,
+                    walks_reached = walks.0,
+                    walks_fell_back = walks.1,
                     asking,
                     lacking,
                     segments = segs.len(),
@@ -1184,7 +1443,7 @@ pub fn recover_layer<O: Oracle + ?Sized>(
     // at least half the refinement points already lie within `polish_skip_below` of the estimate,
     // and on a screened first layer wider than `SCREENED_POLISH_MAX_INPUTS`.
     let unpolished = first_screening && d0 > SCREENED_POLISH_MAX_INPUTS;
-    let precise: Vec<bool> = tally
+    let mut precise: Vec<bool> = tally
         .iter()
         .map(|&(_, confirmed, worst)| {
             unpolished
@@ -1193,6 +1452,23 @@ pub fn recover_layer<O: Oracle + ?Sized>(
                     && worst <= p.polish_skip_below)
         })
         .collect();
+    if unpolished {
+        // The few least precise neurons are polished all the same: every deeper layer's geometry
+        // is built on these rows, and one row off by 3e-7 (the worst of the 3072-256×8-10's first
+        // layer, median 9e-11) is more than the deeper layers' clustering tolerance allows.
+        let mut rough: Vec<usize> = (0..tally.len())
+            .filter(|&k| tally[k].2 > WIDE_POLISH_ABOVE)
+            .collect();
+        rough.sort_by(|&a, &b| tally[b].2.total_cmp(&tally[a].2));
+        for &k in rough.iter().take(WIDE_POLISH_MAX) {
+            precise[k] = false;
+        }
+        tracing::debug!(
+            rough = rough.len(),
+            polished = rough.len().min(WIDE_POLISH_MAX),
+            "wide screened first layer: polishing only its least precise neurons"
+        );
+    }
     if !tally.is_empty() {
         let mut worst: Vec<f64> = tally.iter().map(|t| t.2).collect();
         worst.sort_by(f64::total_cmp);
@@ -1521,6 +1797,65 @@ mod tests {
         assert!(
             reached >= 15,
             "reached all units from {reached} of 20 points"
+        );
+    }
+
+    /// Behind two known layers the walk turns the asked units on while keeping no more active units
+    /// in the last known layer than in the first (minus the slack), and lands on the hyperplane.
+    #[test]
+    fn ranked_following_activates_the_units_and_keeps_the_control_rank() {
+        use netxray_relu::{Arch, InitRecipe, Network};
+        let net = Network::random(
+            &"60-24-24-8-1".parse::<Arch>().unwrap(),
+            InitRecipe::Balanced,
+            3,
+        );
+        let known = KnownPrefix {
+            layers: net.layers()[..2].to_vec(),
+            input_dim: 60,
+        };
+        let first = FirstLayerMap::of(&known).expect("two known layers");
+        let mut theta: Vec<f64> = net.layers()[2].weight.row(0).iter().copied().collect();
+        theta.push(net.layers()[2].bias[0]);
+        let value = |x: &[f64]| -> f64 {
+            let h = known.local_full(x).h;
+            (0..24).map(|k| theta[k] * h[k]).sum::<f64>()
+        };
+        let mut rng = ChaCha20Rng::seed_from_u64(4);
+        let (mut reached, mut tried) = (0, 0);
+        for _ in 0..40 {
+            let x: Vec<f64> = (0..60)
+                .map(|_| rng.sample::<f64, _>(StandardNormal))
+                .collect();
+            let h = known.local_full(&x).h;
+            let want: Vec<usize> = (0..24).filter(|&k| h[k] <= 0.0).take(3).collect();
+            if want.len() < 3 {
+                continue;
+            }
+            tried += 1;
+            if let Some((line, r)) = follow_to_units_ranked(&known, &first, &theta, &x, &want) {
+                reached += 1;
+                let st = known.local_full(&line.origin);
+                assert!(want.iter().all(|&k| st.h[k] > 0.0), "asked units on");
+                let a1 = st.pre[0].iter().filter(|&&v| v > 0.0).count();
+                let a2 = st.pre[1].iter().filter(|&&v| v > 0.0).count();
+                assert!(
+                    a2 + FOLLOW_RANK_SLACK <= a1,
+                    "rank kept: {a2} active of {a1}"
+                );
+                // Off the hyperplane through the start by less than the search radius (the units
+                // turned on bend it; their weights are what the line is searched for).
+                let (_, gn) = input_normal(&theta, &st).expect("a normal");
+                assert!(
+                    (value(&line.origin) - value(&x)).abs() / gn <= r,
+                    "within the radius"
+                );
+                assert!((norm(&line.dir) - 1.0).abs() < 1e-12 && r > 0.0);
+            }
+        }
+        assert!(
+            tried >= 20 && reached * 2 >= tried,
+            "reached {reached} of {tried}"
         );
     }
 

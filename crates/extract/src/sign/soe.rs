@@ -40,6 +40,12 @@ pub fn recover<O: Oracle + ?Sized>(
     let points = points.max(1);
     let mut decided = vec![(1.0, 0.0); w];
     let mut climbed_failures = 0;
+    let first = FirstLayer::of(&with_layer);
+    // A random point has about half of each earlier layer active, so a layer wider than half the
+    // narrowest earlier one is in full control at random points almost never (a 256-wide layer
+    // behind 256-wide ones: never); its points are climbed from the start.
+    let narrowest = known.layers.iter().map(|l| l.fan_out()).min().unwrap_or(d0);
+    let climb_first = 2 * w > narrowest;
     for attempt in 0..points * MAX_ATTEMPTS_FACTOR {
         if usable >= points {
             decided = decide_all(&sides, min_votes, confidence_min);
@@ -54,8 +60,9 @@ pub fn recover<O: Oracle + ?Sized>(
         let x0: Vec<f64> = (0..d0)
             .map(|_| sigma * rng.sample::<f64, _>(StandardNormal))
             .collect();
-        let climb = attempt >= points;
-        let Some((x, dirs, scale, z)) = full_rank_probe(&with_layer, x0, climb) else {
+        let climb = climb_first || attempt >= points;
+        let Some((x, dirs, scale, z)) = full_rank_probe(&with_layer, first.as_ref(), x0, climb)
+        else {
             tracing::trace!(attempt, "soe: no full-rank probe");
             climbed_failures += usize::from(climb);
             // Behind three or more 256-wide layers no point has the layer in full control (every
@@ -260,59 +267,136 @@ type Probe = (Vec<f64>, Mat<f64>, Vec<f64>, Vec<f64>);
 /// Probe point where the recovered layer has full control rank: `Z = Ŵ J` (input-space gradients of the
 /// layer's pre-activations) of full row rank. Returns the point, unit directions `v_k ∝ Z⁺ e_k`, their
 /// norms `|Z⁺ e_k|`, and the pre-activations. With `climb`, first moves the point (offline) so that
-/// inactive earlier units turn on, since control rank is the number of active units.
-fn full_rank_probe(with_layer: &KnownPrefix, mut x: Vec<f64>, climb: bool) -> Option<Probe> {
+/// every earlier unit is active (see [`climb_all_active`]), since the control rank is at most the
+/// active count of every earlier layer.
+fn full_rank_probe(
+    with_layer: &KnownPrefix,
+    first: Option<&FirstLayer>,
+    x: Vec<f64>,
+    climb: bool,
+) -> Option<Probe> {
     let d0 = with_layer.input_dim;
-    let nl = with_layer.layers.len();
-    for _ in 0..if climb { 24 } else { 1 } {
-        let st = with_layer.local_full(&x);
-        let zgrad = st.dpre.last().expect("layer");
-        if let Some((pinv, cond)) = right_pinv(zgrad)
-            && cond > 1e-8
-        {
-            let w = zgrad.nrows();
-            let mut dirs = Mat::<f64>::zeros(d0, w);
-            let mut scale = vec![0.0; w];
-            for k in 0..w {
-                let nk = (0..d0).map(|i| pinv[(i, k)].powi(2)).sum::<f64>().sqrt();
-                scale[k] = nk;
-                for i in 0..d0 {
-                    dirs[(i, k)] = pinv[(i, k)] / nk;
-                }
-            }
-            return Some((x, dirs, scale, st.pre.last().expect("layer").clone()));
+    let x = match first {
+        Some(f) if climb => climb_all_active(with_layer, f, x)?,
+        _ => x,
+    };
+    let st = with_layer.local_full(&x);
+    let zgrad = st.dpre.last().expect("layer");
+    let (pinv, cond) = right_pinv(zgrad)?;
+    if cond <= 1e-8 {
+        return None;
+    }
+    let w = zgrad.nrows();
+    let mut dirs = Mat::<f64>::zeros(d0, w);
+    let mut scale = vec![0.0; w];
+    for k in 0..w {
+        let nk = (0..d0).map(|i| pinv[(i, k)].powi(2)).sum::<f64>().sqrt();
+        scale[k] = nk;
+        for i in 0..d0 {
+            dirs[(i, k)] = pinv[(i, k)] / nk;
         }
-        if !climb {
+    }
+    Some((x, dirs, scale, st.pre.last().expect("layer").clone()))
+}
+
+/// The first known layer, for climbing in its pre-activation space: `W₁`, `b₁` and the Cholesky
+/// factor of `W₁W₁ᵀ` (which maps a change of `z₁` back to the least input change).
+struct FirstLayer {
+    llt: faer::linalg::solvers::Llt<f64>,
+}
+
+impl FirstLayer {
+    /// `None` when there is no earlier layer (the first layer is always in full control) or `W₁`
+    /// does not have full row rank (more first-layer units than inputs).
+    fn of(with_layer: &KnownPrefix) -> Option<Self> {
+        if with_layer.layers.len() < 2 {
             return None;
         }
-        // Gauss-Newton step pushing every inactive unit of the earlier layers to a small positive value.
+        let w1 = &with_layer.layers[0].weight;
+        let g = w1 * w1.transpose();
+        let llt = g.llt(faer::Side::Lower).ok()?;
+        Some(Self { llt })
+    }
+}
+
+/// Gauss-Newton steps that turn every unit of the layers before the recovered one on (pushing each
+/// inactive one to a tenth of its gradient's length), taken in the first layer's pre-activation
+/// space: everything after the first layer depends on the input only through `z₁ = W₁x + b₁`, so
+/// each step is a least-squares problem in `n₁` unknowns over products of `n × n` matrices, and the
+/// input follows at the end by the least change `Δx = W₁ᵀ (W₁W₁ᵀ)⁻¹ Δz₁`. Done in input space this
+/// was a `256 × 3072` Jacobian per known layer and an SVD of the inactive units' gradients per step
+/// (seconds per attempt on layer 3 of the 3072-256×8-10). `None` when the units are not all on
+/// after [`CLIMB_STEPS`].
+fn climb_all_active(
+    with_layer: &KnownPrefix,
+    first: &FirstLayer,
+    x0: Vec<f64>,
+) -> Option<Vec<f64>> {
+    use faer::linalg::solvers::Solve;
+    let prefix = &with_layer.layers[..with_layer.layers.len() - 1];
+    let l1 = &prefix[0];
+    let n1 = l1.fan_out();
+    let x0c = faer::Col::<f64>::from_fn(x0.len(), |i| x0[i]);
+    let wx = &l1.weight * &x0c;
+    let z1_start: Vec<f64> = (0..n1).map(|u| wx[u] + l1.bias[u]).collect();
+    let mut z1 = z1_start.clone();
+    let mut done = false;
+    for _ in 0..CLIMB_STEPS {
         let mut rows: Vec<Vec<f64>> = Vec::new();
         let mut rhs: Vec<f64> = Vec::new();
-        for l in 0..nl - 1 {
-            for u in 0..st.pre[l].len() {
-                let g: Vec<f64> = (0..d0).map(|c| st.dpre[l][(u, c)]).collect();
-                let gn = norm(&g);
-                if st.pre[l][u] <= 0.0 && gn > 0.0 {
-                    rows.push(g);
-                    rhs.push(0.1 * gn - st.pre[l][u]);
+        for u in 0..n1 {
+            if z1[u] <= 0.0 {
+                let mut r = vec![0.0; n1];
+                r[u] = 1.0;
+                rows.push(r);
+                rhs.push(0.1 - z1[u]);
+            }
+        }
+        // `m`: derivative of the current layer's pre-activations with respect to `z₁`.
+        let mut m = Mat::<f64>::identity(n1, n1);
+        let mut z = z1.clone();
+        for l in &prefix[1..] {
+            let mut dm = m.clone();
+            for (r, &v) in z.iter().enumerate() {
+                if v <= 0.0 {
+                    dm.row_mut(r).fill(0.0);
+                }
+            }
+            let h: Vec<f64> = z.iter().map(|&v| v.max(0.0)).collect();
+            let hc = faer::Col::<f64>::from_fn(h.len(), |i| h[i]);
+            let wh = &l.weight * &hc;
+            z = (0..l.fan_out()).map(|r| wh[r] + l.bias[r]).collect();
+            m = &l.weight * &dm;
+            for (u, &zu) in z.iter().enumerate() {
+                if zu <= 0.0 {
+                    let r: Vec<f64> = (0..n1).map(|c| m[(u, c)]).collect();
+                    let gn = norm(&r);
+                    if gn > 0.0 {
+                        rows.push(r);
+                        rhs.push(0.1 * gn - zu);
+                    }
                 }
             }
         }
         if rows.is_empty() {
+            done = true;
+            break;
+        }
+        let a = Mat::<f64>::from_fn(rows.len(), n1, |i, j| rows[i][j]);
+        let b = Mat::<f64>::from_fn(rows.len(), 1, |i, _| rhs[i]);
+        let dz = crate::linalg::lstsq(&a, &b);
+        if (0..n1).any(|u| !dz[(u, 0)].is_finite()) {
             return None;
         }
-        let a = Mat::<f64>::from_fn(rows.len(), d0, |i, j| rows[i][j]);
-        let dx = if rows.len() <= d0 {
-            let (p, _) = right_pinv(&a)?;
-            (0..d0)
-                .map(|i| (0..rows.len()).map(|j| p[(i, j)] * rhs[j]).sum::<f64>())
-                .collect::<Vec<f64>>()
-        } else {
-            let b = Mat::<f64>::from_fn(rows.len(), 1, |i, _| rhs[i]);
-            let sol = crate::linalg::lstsq(&a, &b);
-            (0..d0).map(|i| sol[(i, 0)]).collect()
-        };
-        x.iter_mut().zip(&dx).for_each(|(xi, d)| *xi += d);
+        (0..n1).for_each(|u| z1[u] += dz[(u, 0)]);
     }
-    None
+    if !done {
+        return None;
+    }
+    let dz = Mat::<f64>::from_fn(n1, 1, |u, _| z1[u] - z1_start[u]);
+    let dx = l1.weight.transpose() * first.llt.solve(&dz);
+    Some(x0.iter().enumerate().map(|(i, v)| v + dx[(i, 0)]).collect())
 }
+
+/// Gauss-Newton steps of [`climb_all_active`] before a start point is given up.
+const CLIMB_STEPS: usize = 24;
