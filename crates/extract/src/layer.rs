@@ -377,17 +377,19 @@ fn attach_or_measure<O: Oracle + ?Sized>(
     pool: Option<&mut ProbePool>,
     pair_up: bool,
 ) -> Result<(), ExtractError> {
-    let layer_input = |cp: &CriticalPoint| {
-        let x = lines[cp.line].at(cp.t);
+    // The prefix's output at every point, in one batch.
+    let layer_inputs = |cps: &[CriticalPoint]| -> Vec<Vec<f64>> {
+        let xs: Vec<Vec<f64>> = cps.iter().map(|cp| lines[cp.line].at(cp.t)).collect();
         known
-            .forward_rows(std::slice::from_ref(&x))
-            .pop()
-            .expect("one row")
-            .1
+            .forward_rows(&xs)
+            .into_iter()
+            .map(|(_, h)| h)
+            .collect()
     };
     let mut to_measure = Vec::new();
-    for cp in cps {
-        if bank.attach_point(&layer_input(&cp), cp.line, tol) {
+    let inputs = layer_inputs(&cps);
+    for (cp, h) in cps.into_iter().zip(inputs) {
+        if bank.attach_point(&h, cp.line, tol) {
             out.attached_points += 1;
         } else {
             to_measure.push(cp);
@@ -406,8 +408,9 @@ fn attach_or_measure<O: Oracle + ?Sized>(
         // layers a partner active on units the first point was not) are measured.
         to_measure = Vec::new();
         let mut joined = 0usize;
-        for cp in partners {
-            if bank.attach_point(&layer_input(&cp), cp.line, tol) {
+        let inputs = layer_inputs(&partners);
+        for (cp, h) in partners.into_iter().zip(inputs) {
+            if bank.attach_point(&h, cp.line, tol) {
                 out.attached_points += 1;
                 joined += 1;
             } else {
@@ -1536,14 +1539,10 @@ pub(crate) fn predicted_crossing(
     window: f64,
 ) -> Option<(f64, f64, f64)> {
     let dim = known.out_dim();
-    let mut bps = vec![-half];
-    bps.extend(known.kinks_on_line(&line.origin, &line.dir, -half, half));
-    bps.push(half);
-    let pts: Vec<Vec<f64>> = bps.iter().map(|&t| line.at(t)).collect();
-    let hs = known.forward_rows(&pts);
+    let (bps, hs) = known.line_profile(&line.origin, &line.dir, -half, half);
     let z: Vec<f64> = hs
         .iter()
-        .map(|(_, h)| dot(&theta[..dim], h) + theta[dim])
+        .map(|h| dot(&theta[..dim], h) + theta[dim])
         .collect();
     (0..bps.len() - 1).find_map(|j| {
         if (z[j] > 0.0) == (z[j + 1] > 0.0) {
