@@ -1678,6 +1678,50 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
+    /// A predicted crossing lies on the hyperplane, its window holds no known kink, and the lines
+    /// that cross the hyperplane mostly give one.
+    #[test]
+    fn predicted_crossing_is_on_the_plane_in_one_region() {
+        use netxray_relu::{Arch, InitRecipe, Network};
+        let net = Network::random(
+            &"8-12-10-9-1".parse::<Arch>().unwrap(),
+            InitRecipe::Balanced,
+            5,
+        );
+        let known = KnownPrefix {
+            layers: net.layers()[..2].to_vec(),
+            input_dim: 8,
+        };
+        let l3 = &net.layers()[2];
+        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        let (half, window) = (12.0, 1e-2);
+        let mut found = 0;
+        for k in 0..l3.fan_out() {
+            let theta: Vec<f64> = (0..10)
+                .map(|c| l3.weight[(k, c)])
+                .chain([l3.bias[k]])
+                .collect();
+            for _ in 0..20 {
+                let line = random_line(&mut rng, 8, 1.0);
+                let Some((t, lo, hi)) = predicted_crossing(&known, &theta, &line, half, window)
+                else {
+                    continue;
+                };
+                found += 1;
+                assert!(lo < t && t < hi && hi - lo <= 2.0 * window * half);
+                let h = known.along(&line.origin, &line.dir).outputs(&[t]).remove(0);
+                let z = dot(&theta[..10], &h) + theta[10];
+                assert!(z.abs() < 1e-9, "off the plane: {z}");
+                assert!(
+                    known
+                        .kinks_on_line(&line.origin, &line.dir, lo, hi)
+                        .is_empty()
+                );
+            }
+        }
+        assert!(found > 60, "only {found} of 180 lines gave a crossing");
+    }
+
     /// `rows_agree` gives the verdict of gathering the shared entries and comparing their unit
     /// vectors (its first form), on rows that agree, agree up to sign, agree on too few indices, or
     /// differ by a little.
