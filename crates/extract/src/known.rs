@@ -241,24 +241,6 @@ impl KnownPrefix {
         m
     }
 
-    /// The prefix's output along the line `o + t·d`, ready to be evaluated at many `t` (see
-    /// [`LineForward`]).
-    pub fn along<'k>(&'k self, o: &[f64], d: &[f64]) -> LineForward<'k> {
-        let (a, c) = match self.layers.first() {
-            Some(l1) => {
-                let oc = faer::Col::<f64>::from_fn(o.len(), |i| o[i]);
-                let dc = faer::Col::<f64>::from_fn(d.len(), |i| d[i]);
-                let (wo, wd) = (&l1.weight * &oc, &l1.weight * &dc);
-                (
-                    (0..l1.fan_out()).map(|u| wo[u] + l1.bias[u]).collect(),
-                    (0..l1.fan_out()).map(|u| wd[u]).collect(),
-                )
-            }
-            None => (o.to_vec(), d.to_vec()),
-        };
-        LineForward { known: self, a, c }
-    }
-
     /// Every `t` in `(t0, t1)` where a known neuron's pre-activation is zero on the line `o + t·d`,
     /// sorted. Exact: within a segment free of earlier-layer kinks each pre-activation is affine in t.
     pub fn kinks_on_line(&self, o: &[f64], d: &[f64], t0: f64, t1: f64) -> Vec<f64> {
@@ -365,34 +347,6 @@ impl KnownPrefix {
         }
         let hs = vals.into_iter().map(relu).collect();
         (ts, hs)
-    }
-}
-
-/// The known prefix restricted to one line `o + t·d`: the first layer is affine in `t`
-/// (`z₁(t) = a + t·c`, two products with `W₁` once), so each evaluation costs only the deeper layers.
-#[derive(Debug, Clone)]
-pub struct LineForward<'k> {
-    known: &'k KnownPrefix,
-    a: Vec<f64>,
-    c: Vec<f64>,
-}
-
-impl LineForward<'_> {
-    /// The prefix's output `h` at each `t` (the point itself when nothing is known).
-    pub fn outputs(&self, ts: &[f64]) -> Vec<Vec<f64>> {
-        let mut rows: Vec<Vec<f64>> = ts
-            .iter()
-            .map(|&t| self.a.iter().zip(&self.c).map(|(a, c)| a + t * c).collect())
-            .collect();
-        if self.known.layers.is_empty() {
-            return rows;
-        }
-        for l in &self.known.layers[1..] {
-            rows = next_layer_rows(l, &rows);
-        }
-        rows.into_iter()
-            .map(|z| z.into_iter().map(|v| v.max(0.0)).collect())
-            .collect()
     }
 }
 

@@ -1709,7 +1709,7 @@ mod tests {
                 };
                 found += 1;
                 assert!(lo < t && t < hi && hi - lo <= 2.0 * window * half);
-                let h = known.along(&line.origin, &line.dir).outputs(&[t]).remove(0);
+                let (_, h) = known.forward_rows(&[line.at(t)]).remove(0);
                 let z = dot(&theta[..10], &h) + theta[10];
                 assert!(z.abs() < 1e-9, "off the plane: {z}");
                 assert!(
