@@ -62,6 +62,11 @@ pub struct ExtractArgs {
     /// the 3072-256×8-10). 0 = off.
     #[arg(long, value_name = "K", default_value_t = 0)]
     pub probe_units: usize,
+    /// With --probe-units: the agreement tolerances of layers behind three or more recovered layers
+    /// are multiplied by this factor, because the recovered prefix's own errors (~1e-8 of a row by the
+    /// third layer) then set how well two witnesses of one neuron agree. 1 = no scaling.
+    #[arg(long, value_name = "F", default_value_t = 100.0)]
+    pub deep_tol_scale: f64,
     /// Isolated-wiggle probes per neuron and pass on expansive layers (0 = off): each neuron is
     /// wiggled where every other active unit of its layer can stay exactly still, so that a vote is
     /// clean proof of the active side.
@@ -191,6 +196,7 @@ pub fn run(a: ExtractArgs) -> Result<()> {
         .origin_scale(a.input_scale)
         .probe_coords(a.probe_coords)
         .probe_units(a.probe_units)
+        .deep_tol_scale(a.deep_tol_scale)
         .precision(a.precision)
         .brute_check(!a.no_brute_check)
         .isolated_wiggles(a.isolated_wiggles)

@@ -13,6 +13,10 @@
 //!   `pipeline::sign_layer`), `signatures` (`layer::recover_layer`, scored against the true rows) or
 //!   `both`;
 //! - `PROBE_COORDS` [24], `PROBE_UNITS` [32]: the screening flags of `scripts/bench-scale.sh`;
+//! - `POLISH_ROUNDS` [2]: hyperplane polishing rounds after the signatures (0 skips polishing, which
+//!   on a deep 256-wide layer takes longer than the rest of the layer);
+//! - `CLUSTER_TOL` [1e-7], `RESIDUAL_MAX` [1e-8], `PLANE_TOL` [1e-8]: the clustering tolerances
+//!   before scaling; `DEEP_TOL_SCALE` [100]: their factor from layer 4 on (`deep_tol_scale`);
 //! - `RUST_LOG` [warn]: the attack's log (e.g. `info,netxray_extract::sign=debug`);
 //! - `PERTURB` [0]: Gaussian noise added to every known and signed row (weights and bias), of about
 //!   this fraction of the row's norm in all, to stand in for the recovery error of real earlier
@@ -65,6 +69,11 @@ fn main() {
         .seed(seed)
         .probe_coords(env_or("PROBE_COORDS", 24))
         .probe_units(env_or("PROBE_UNITS", 32))
+        .polish_rounds(env_or("POLISH_ROUNDS", 2))
+        .cluster_tol(env_or("CLUSTER_TOL", 1e-7))
+        .null_residual_max(env_or("RESIDUAL_MAX", 1e-8))
+        .plane_tol(env_or("PLANE_TOL", 1e-8))
+        .deep_tol_scale(env_or("DEEP_TOL_SCALE", 100.0))
         .build()
         .expect("params");
     let target = NetworkOracle::new(net.clone());
@@ -121,6 +130,8 @@ fn main() {
         .expect("recover_layer");
         let secs = t0.elapsed().as_secs_f64();
         let (mut matched, mut worst) = (vec![false; truth.fan_out()], 0.0_f64);
+        // Row error against the truth: the recovered (w, b) scaled to the true row's norm and sign.
+        let mut row_err: Vec<f64> = Vec::new();
         for n in &sig.neurons {
             let (best, cos) = (0..truth.fan_out())
                 .map(|r| {
@@ -132,6 +143,27 @@ fn main() {
                 .fold((0, 0.0), |a, b| if b.1 > a.1 { b } else { a });
             matched[best] = true;
             worst = worst.max(1.0 - cos);
+            let tn = (0..truth.fan_in())
+                .map(|c| truth.weight[(best, c)].powi(2))
+                .sum::<f64>()
+                .sqrt();
+            let dot: f64 = (0..truth.fan_in())
+                .map(|c| truth.weight[(best, c)] * n.w[c])
+                .sum();
+            let nn = n.w.iter().map(|v| v * v).sum::<f64>().sqrt();
+            let s = tn / nn * dot.signum();
+            let e = (0..truth.fan_in())
+                .map(|c| (s * n.w[c] - truth.weight[(best, c)]).abs())
+                .fold((s * n.b - truth.bias[best]).abs(), f64::max);
+            row_err.push(e / tn);
+        }
+        row_err.sort_by(f64::total_cmp);
+        if !row_err.is_empty() {
+            println!(
+                "row error vs truth (max entry / row norm): median {:.2e}, max {:.2e}",
+                row_err[row_err.len() / 2],
+                row_err[row_err.len() - 1]
+            );
         }
         println!(
             "signatures: {} of {} neurons ({} validated, {} distinct true rows), worst 1-|cos| {:.2e}, \

@@ -998,6 +998,21 @@ pub fn recover_layer<O: Oracle + ?Sized>(
     let first_screening = known.layers.is_empty() && p.probe_coords > 0 && d0 >= 4 * p.probe_coords;
     let deeper_screening =
         !known.layers.is_empty() && p.probe_units > 0 && dim >= 4 * p.probe_units;
+    // Behind a deep recovered prefix the prefix's own errors, not the oracle, set how well witnesses
+    // of one neuron agree: see `ExtractParams::deep_tol_scale`. Everything below, polishing
+    // included, sees the scaled tolerances.
+    let scaled;
+    let p = if deeper_screening && known.layers.len() >= p.deep_tol_from && p.deep_tol_scale > 1.0 {
+        scaled = p.with_scaled_tolerances(p.deep_tol_scale);
+        tracing::debug!(
+            layer = known.layers.len() + 1,
+            scale = p.deep_tol_scale,
+            "deep layer: scaled tolerances"
+        );
+        &scaled
+    } else {
+        p
+    };
     // The looser residual bound and the validated-stays-complete rule below answer screened layers
     // (first: neurons that each rest on one signature; deeper: see `SCREENED_RESIDUAL_FACTOR`).
     let residual_max = if first_screening || deeper_screening {
@@ -1022,6 +1037,11 @@ pub fn recover_layer<O: Oracle + ?Sized>(
     // Without screening every neuron rests on several signatures and the bench rows never needed
     // this, so they are left as they were.
     let stays_complete = first_screening || deeper_screening;
+    // Behind a wide prefix (deeper screening) a long line's profile costs 4–33 ms (three to seven
+    // 256-wide layers) and validation, refinement and polishing place ~260,000 crossings per layer:
+    // they are placed by projection instead (`crate::place`). Elsewhere they stay on random lines,
+    // as every bench row without `--probe-units` was measured.
+    let projected = deeper_screening;
     let stencil = p.stencil();
     let search_tol = p.search_tol();
     let alive = alive_units(known);
@@ -1332,7 +1352,7 @@ pub fn recover_layer<O: Oracle + ?Sized>(
             let mut sub: Vec<NeuronEstimate> =
                 fresh.iter().map(|&i| bank.estimates[i].clone()).collect();
             let q0 = oracle.queries();
-            let tally = refine(oracle, known, &mut sub, p, rng, half, search_tol)?;
+            let tally = refine(oracle, known, &mut sub, p, rng, half, search_tol, projected)?;
             out.refine_queries += oracle.queries() - q0;
             for ((&i, e), (placed, confirmed, _)) in fresh.iter().zip(sub).zip(tally) {
                 let ok = confirmed >= 1 && 2 * confirmed >= placed;
@@ -1441,7 +1461,16 @@ pub fn recover_layer<O: Oracle + ?Sized>(
     }
     // Precision refinement: predicted crossings on fresh lines, confirmed by a short local search.
     let q0 = oracle.queries();
-    let tally = refine(oracle, known, &mut accepted, p, rng, half, search_tol)?;
+    let tally = refine(
+        oracle,
+        known,
+        &mut accepted,
+        p,
+        rng,
+        half,
+        search_tol,
+        projected,
+    )?;
     // Let the precisely located crossings, not the signatures, set the hyperplanes — except where
     // at least half the refinement points already lie within `polish_skip_below` of the estimate,
     // and on a screened first layer wider than `SCREENED_POLISH_MAX_INPUTS`.
@@ -1490,6 +1519,7 @@ pub fn recover_layer<O: Oracle + ?Sized>(
         rng,
         half,
         search_tol,
+        projected,
     )?;
     if p.polish_rounds > 0 {
         tracing::info!(
@@ -1525,7 +1555,7 @@ pub fn recover_layer<O: Oracle + ?Sized>(
 /// 430 kinks lie on each search line, every third layer-1 validation window held another one, and
 /// real neurons were confirmed on only 4–7 of 8 lines (five never validated). The golden-ratio
 /// conjugate keeps the prediction off every dyadic point of the window.
-const WINDOW_RIGHT: f64 = 0.618_033_988_749_894_8;
+pub(crate) const WINDOW_RIGHT: f64 = 0.618_033_988_749_894_8;
 
 /// The first crossing of the hyperplane `θ = (w, b)` (on the known prefix's output) with `line` in
 /// `[-half, half]`, as `(t, lo, hi)`: the predicted `t` and a search window `[lo, hi]` around it
@@ -1558,6 +1588,10 @@ pub(crate) fn predicted_crossing(
 /// Places `refine_points` predicted crossings per neuron on fresh lines and adds the confirmed ones.
 /// Returns per estimate: crossings placed, confirmed, and the largest relative distance of a
 /// confirmed one from the estimate's hyperplane before it was added (how far off the estimate is).
+///
+/// With `projected`, the crossings are placed by projection ([`crate::place`]) instead of on long
+/// random lines profiled through the prefix.
+#[allow(clippy::too_many_arguments)]
 fn refine<O: Oracle + ?Sized>(
     oracle: &CountingOracle<'_, O>,
     known: &KnownPrefix,
@@ -1566,6 +1600,7 @@ fn refine<O: Oracle + ?Sized>(
     rng: &mut ChaCha20Rng,
     half: f64,
     search_tol: SearchTol,
+    projected: bool,
 ) -> Result<Vec<(usize, usize, f64)>, ExtractError> {
     let mut tally = vec![(0usize, 0usize, 0.0_f64); est.len()];
     if p.refine_points == 0 || est.is_empty() {
@@ -1578,7 +1613,33 @@ fn refine<O: Oracle + ?Sized>(
     let crossing = |e: &NeuronEstimate, line: &Line| {
         predicted_crossing(known, &e.theta, line, half, p.refine_window)
     };
+    if projected {
+        let thetas: Vec<&[f64]> = est.iter().map(|e| e.theta.as_slice()).collect();
+        let anchors: Vec<&[Vec<f64>]> = est.iter().map(|e| e.anchors.as_slice()).collect();
+        let placed = crate::place::place_crossings(
+            known,
+            &thetas,
+            &anchors,
+            p.refine_points,
+            rng,
+            p.origin_scale,
+            half,
+            p.refine_window,
+            WINDOW_RIGHT,
+        );
+        for (ei, ps) in placed.into_iter().enumerate() {
+            tally[ei].0 = ps.len();
+            for pc in ps {
+                lines.push(pc.line);
+                segs.push((lines.len() - 1, pc.lo, pc.hi));
+                owner.push((ei, pc.t));
+            }
+        }
+    }
     for (ei, e) in est.iter().enumerate() {
+        if projected {
+            break;
+        }
         let mut placed = 0;
         let mut attempts = 0;
         while placed < p.refine_points && attempts < 4 * p.refine_points {

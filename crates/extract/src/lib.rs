@@ -22,6 +22,7 @@ pub mod oracle;
 pub mod output;
 pub mod params;
 pub mod pipeline;
+pub mod place;
 pub mod polish;
 pub mod precision;
 pub mod sign;

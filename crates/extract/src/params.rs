@@ -143,6 +143,22 @@ pub struct ExtractParams {
     /// used only when the previous layer has ≥ 4·k units. 1 is invalid.
     #[serde(default)]
     pub probe_units: usize,
+    /// Deeper screened layers (`probe_units`) behind at least [`Self::deep_tol_from`] extracted
+    /// layers take `cluster_tol`, `null_residual_max` and `plane_tol` times this factor. Default 100.
+    /// Their witnesses are measured through a recovered prefix whose rows carry errors of ~1e-8 of
+    /// their norm by the third layer (the balanced 3072-256×8-10: layer 3 at 1.8e-8), and those
+    /// errors, not the oracle, set how well two signatures of one neuron agree. Measured on that
+    /// net's layer 4 with the true prefix perturbed by 1e-8 (`benches/deep_layers.rs`, session 21):
+    /// at the defaults no neuron completed (round 2: 986 estimates, joint residuals at the 3e-8
+    /// bound); ×100 completed all 256 (rows at a median 2.7e-7 of their norm before polishing),
+    /// while distinct neurons still differ by O(1). 1 keeps the defaults everywhere.
+    #[serde(default = "defaults::deep_tol_scale")]
+    pub deep_tol_scale: f64,
+    /// Extracted layers in front of a deeper screened layer from which [`Self::deep_tol_scale`]
+    /// applies. Default 3 (layer 4 onwards): layers 2 and 3 complete at the defaults behind the
+    /// measured prefixes (layer 2 at 1.5e-15, layer 3 at 8e-10 polishing residual).
+    #[serde(default = "defaults::deep_tol_from")]
+    pub deep_tol_from: usize,
     /// Extra critical points per neuron placed offline (predicted from the current estimate, confirmed
     /// by a few queries) to refine precision. Default 8.
     pub refine_points: usize,
@@ -267,6 +283,12 @@ mod defaults {
     pub fn plane_tol() -> f64 {
         1e-8
     }
+    pub fn deep_tol_scale() -> f64 {
+        100.0
+    }
+    pub fn deep_tol_from() -> usize {
+        3
+    }
     pub fn refine_window() -> f64 {
         1e-3
     }
@@ -297,6 +319,17 @@ impl ExtractParams {
     /// A builder with the documented defaults.
     pub fn builder() -> ExtractParamsBuilder {
         ExtractParamsBuilder::default()
+    }
+
+    /// These parameters with the agreement tolerances (`cluster_tol`, `null_residual_max`,
+    /// `plane_tol`) multiplied by `factor`: what a deeper screened layer behind a noisy recovered
+    /// prefix uses (see [`Self::deep_tol_scale`]).
+    pub fn with_scaled_tolerances(&self, factor: f64) -> Self {
+        let mut p = self.clone();
+        p.cluster_tol *= factor;
+        p.null_residual_max *= factor;
+        p.plane_tol *= factor;
+        p
     }
 
     /// These parameters with the tolerance preset of `precision` (everything else unchanged).
@@ -366,6 +399,8 @@ impl Default for ExtractParamsBuilder {
                 stencil_tries: 5,
                 probe_coords: 0,
                 probe_units: 0,
+                deep_tol_scale: defaults::deep_tol_scale(),
+                deep_tol_from: defaults::deep_tol_from(),
                 refine_points: 8,
                 sign_points: 24,
                 sign_confidence_min: 0.9,
@@ -422,6 +457,8 @@ impl ExtractParamsBuilder {
     setter!(refine_points, usize);
     setter!(probe_coords, usize);
     setter!(probe_units, usize);
+    setter!(deep_tol_scale, f64);
+    setter!(deep_tol_from, usize);
     setter!(sign_points, usize);
     setter!(sign_confidence_min, f64);
     setter!(sign_min_votes, usize);
@@ -521,6 +558,9 @@ impl ExtractParamsBuilder {
         pos("stencil_eps", p.stencil_eps)?;
         pos("plane_tol", p.plane_tol)?;
         pos("hyperplane_weight", p.hyperplane_weight)?;
+        if !(p.deep_tol_scale.is_finite() && p.deep_tol_scale >= 1.0) {
+            return Err(bad("deep_tol_scale", "must be a finite number >= 1"));
+        }
         if !(p.refine_window > 0.0 && p.refine_window < 0.5) {
             return Err(bad("refine_window", "must be in (0, 0.5)"));
         }
@@ -677,6 +717,8 @@ mod tests {
             (b().noise_rel(-1e-9), "noise_rel"),
             (b().noise_floor(f64::NAN), "noise_floor"),
             (b().verify_rel_tol(0.0), "verify_rel_tol"),
+            (b().deep_tol_scale(0.5), "deep_tol_scale"),
+            (b().deep_tol_scale(f64::NAN), "deep_tol_scale"),
         ];
         for (builder, expected) in cases {
             assert_eq!(name_of(builder.build().unwrap_err()), expected);

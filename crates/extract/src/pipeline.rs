@@ -666,6 +666,15 @@ pub fn extract_resumable<O: Oracle + ?Sized>(
             queries = co.queries(),
             "layer recovered"
         );
+        if !report.partially_constrained.is_empty() {
+            // The run goes on (the deeper layers' costs are still worth measuring), but the
+            // extraction will be refused as incomplete at the end: say so now, not hours later.
+            tracing::warn!(
+                layer = layer_no,
+                neurons = ?report.partially_constrained,
+                "neurons accepted with unconstrained inputs (set to 0): the extraction will be incomplete"
+            );
+        }
         state.push_layer(&layer, report);
         known.layers.push(layer);
         if let (Some(d), StageOracle::Journal(j)) = (&dir, &stage_oracle) {

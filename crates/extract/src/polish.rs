@@ -195,12 +195,48 @@ fn search_chunk<O: Oracle + ?Sized>(
     search_tol: SearchTol,
     points: &mut [Vec<Vec<f64>>],
     stats: &mut PolishStats,
+    projected: bool,
 ) -> Result<(), ExtractError> {
     let d0 = known.input_dim;
     let mut lines: Vec<Line> = Vec::new();
     let mut segs: Vec<(usize, f64, f64)> = Vec::new();
     let mut owner: Vec<(usize, f64)> = Vec::new();
-    for &ei in chunk {
+    if projected {
+        // Placed by projection (see `crate::place`): the chunk's neurons in one batch per window
+        // width (neurons share a width when they have had as many good rounds), so the
+        // projections of many neurons run as blocked products on all cores.
+        let mut by_window: std::collections::BTreeMap<i32, Vec<usize>> = Default::default();
+        for &ei in chunk {
+            by_window.entry(good_rounds[ei]).or_default().push(ei);
+        }
+        for (rounds, group) in by_window {
+            let window = p.polish_window / WINDOW_SHRINK.powi(rounds);
+            let thetas: Vec<&[f64]> = group.iter().map(|&ei| est[ei].theta.as_slice()).collect();
+            let anchors: Vec<&[Vec<f64>]> =
+                group.iter().map(|&ei| est[ei].anchors.as_slice()).collect();
+            let placed = crate::place::place_crossings(
+                known,
+                &thetas,
+                &anchors,
+                per_round,
+                rng,
+                p.origin_scale,
+                half,
+                window,
+                crate::layer::WINDOW_RIGHT,
+            );
+            for (&ei, ps) in group.iter().zip(placed) {
+                stats.placed += ps.len();
+                for pc in ps {
+                    lines.push(pc.line);
+                    segs.push((lines.len() - 1, pc.lo, pc.hi));
+                    owner.push((ei, pc.t));
+                }
+            }
+        }
+    }
+    // Otherwise on random lines profiled through the prefix.
+    for &ei in chunk.iter().filter(|_| !projected) {
         let e = &est[ei];
         // Each well-determined fit is far better than the last: narrower windows meet fewer
         // other kinks. A neuron whose fit is still shaky keeps the wide window.
@@ -265,7 +301,8 @@ fn search_chunk<O: Oracle + ?Sized>(
 
 /// Runs `p.polish_rounds` rounds of predicted crossings and hyperplane refits on the accepted
 /// estimates not marked in `skip` (their `theta` is replaced; their other evidence is left as it
-/// was).
+/// was). With `projected` the crossings are placed by projection ([`crate::place`]).
+#[allow(clippy::too_many_arguments)]
 pub fn polish<O: Oracle + ?Sized>(
     oracle: &CountingOracle<'_, O>,
     known: &KnownPrefix,
@@ -275,6 +312,7 @@ pub fn polish<O: Oracle + ?Sized>(
     rng: &mut ChaCha20Rng,
     half: f64,
     search_tol: SearchTol,
+    projected: bool,
 ) -> Result<PolishStats, ExtractError> {
     let mut stats = PolishStats::default();
     if p.polish_rounds == 0 || est.is_empty() {
@@ -332,6 +370,7 @@ pub fn polish<O: Oracle + ?Sized>(
                 search_tol,
                 &mut points,
                 &mut stats,
+                projected,
             )?;
         }
         // Independent per neuron (an SVD of up to ~4·(dim+1) rows each): both cores.
@@ -422,21 +461,6 @@ mod tests {
                 t.iter().map(|v| v / n).collect()
             })
             .collect();
-        // Estimates 1e-7 off (as deep-layer signatures come out), every coordinate constrained.
-        let mut est: Vec<NeuronEstimate> = truth
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let mut e = NeuronEstimate::new(12, 10.0);
-                e.known = vec![true; 12];
-                e.theta = t
-                    .iter()
-                    .enumerate()
-                    .map(|(k, v)| v + 1e-7 * (((i * 13 + k * 7) % 5) as f64 - 2.0))
-                    .collect();
-                e
-            })
-            .collect();
         let error = |est: &[NeuronEstimate], truth: &[Vec<f64>]| {
             est.iter().zip(truth).fold(0.0_f64, |m, (e, t)| {
                 let n = norm(&e.theta[..12]);
@@ -446,7 +470,6 @@ mod tests {
                     .fold(m, |m, (a, b)| m.max((a / n - b).abs()))
             })
         };
-        assert!(error(&est, &truth) > 1e-8);
         let p = ExtractParams::builder().build().expect("defaults");
         let oracle = NetworkOracle::new(net.clone());
         let co = CountingOracle::new(&oracle, None);
@@ -457,15 +480,44 @@ mod tests {
             min_interval_rel: p.min_interval_rel,
             abs_floor: 0.0,
         };
-        let mut rng = ChaCha20Rng::seed_from_u64(1);
-        // Neuron 0 is marked precise: it must be left exactly as it was.
-        let before = est[0].theta.clone();
-        let mut skip = vec![false; 8];
-        skip[0] = true;
-        let stats = polish(&co, &known, &mut est, &skip, &p, &mut rng, half, tol).expect("polish");
-        assert_eq!(est[0].theta, before, "a skipped neuron is not refitted");
-        assert!(stats.used >= 7 * 2 * 13, "used {}", stats.used);
-        let polished = error(&est[1..], &truth[1..]);
-        assert!(polished < 1e-12, "after polishing: {polished:e}");
+        // On random lines profiled through the prefix, and placed by projection (`crate::place`).
+        for projected in [false, true] {
+            // Estimates 1e-7 off (as deep-layer signatures come out), every coordinate constrained.
+            let mut est: Vec<NeuronEstimate> = truth
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let mut e = NeuronEstimate::new(12, 10.0);
+                    e.known = vec![true; 12];
+                    e.theta = t
+                        .iter()
+                        .enumerate()
+                        .map(|(k, v)| v + 1e-7 * (((i * 13 + k * 7) % 5) as f64 - 2.0))
+                        .collect();
+                    e
+                })
+                .collect();
+            assert!(error(&est, &truth) > 1e-8);
+            let mut rng = ChaCha20Rng::seed_from_u64(1);
+            // Neuron 0 is marked precise: it must be left exactly as it was.
+            let before = est[0].theta.clone();
+            let mut skip = vec![false; 8];
+            skip[0] = true;
+            let stats = polish(
+                &co, &known, &mut est, &skip, &p, &mut rng, half, tol, projected,
+            )
+            .expect("polish");
+            assert_eq!(est[0].theta, before, "a skipped neuron is not refitted");
+            assert!(
+                stats.used >= 7 * 2 * 13,
+                "used {} (projected: {projected})",
+                stats.used
+            );
+            let polished = error(&est[1..], &truth[1..]);
+            assert!(
+                polished < 1e-12,
+                "after polishing: {polished:e} (projected: {projected})"
+            );
+        }
     }
 }
