@@ -74,28 +74,14 @@ fn rows(m: &Mat<f64>) -> Vec<Vec<f64>> {
         .collect()
 }
 
-/// `a · bᵀ`, sequential (the blocks themselves run in parallel).
-fn mul_t(a: &Mat<f64>, b: &Mat<f64>) -> Mat<f64> {
-    let mut out = Mat::<f64>::zeros(a.nrows(), b.nrows());
-    faer::linalg::matmul::matmul(
-        out.as_mut(),
-        faer::Accum::Replace,
-        a.as_ref(),
-        b.transpose(),
-        1.0,
-        faer::Par::Seq,
-    );
-    out
-}
-
-/// `a · b`, sequential.
-fn mul(a: &Mat<f64>, b: &Mat<f64>) -> Mat<f64> {
+/// `a · b`, sequential (the blocks themselves run in parallel); `b` is often a weight's transpose.
+fn mul(a: &Mat<f64>, b: faer::MatRef<'_, f64>) -> Mat<f64> {
     let mut out = Mat::<f64>::zeros(a.nrows(), b.ncols());
     faer::linalg::matmul::matmul(
         out.as_mut(),
         faer::Accum::Replace,
         a.as_ref(),
-        b.as_ref(),
+        b,
         1.0,
         faer::Par::Seq,
     );
@@ -107,7 +93,7 @@ fn forward(known: &KnownPrefix, x: &Mat<f64>) -> Vec<Mat<f64>> {
     let mut pres = Vec::with_capacity(known.layers.len());
     let mut h = x.clone();
     for l in &known.layers {
-        let mut z = mul_t(&h, &l.weight);
+        let mut z = mul(&h, l.weight.transpose());
         for i in 0..z.nrows() {
             for j in 0..z.ncols() {
                 z[(i, j)] += l.bias[j];
@@ -154,7 +140,7 @@ fn project_block(
             if on { jobs[live[i]].0[j] } else { 0.0 }
         });
         for (li, l) in known.layers.iter().enumerate().rev() {
-            v = mul(&v, &l.weight);
+            v = mul(&v, l.weight.as_ref());
             if li > 0 {
                 let z = &pres[li - 1];
                 for i in 0..v.nrows() {
@@ -203,7 +189,7 @@ fn project_block(
     let mut dz_all: Vec<Mat<f64>> = Vec::with_capacity(known.layers.len());
     let mut dh = dd;
     for (li, l) in known.layers.iter().enumerate() {
-        let dz = mul_t(&dh, &l.weight);
+        let dz = mul(&dh, l.weight.transpose());
         let z = &pres[li];
         dh = Mat::from_fn(dz.nrows(), dz.ncols(), |i, j| {
             if z[(i, j)] > 0.0 { dz[(i, j)] } else { 0.0 }
