@@ -41,14 +41,19 @@ def read_safetensors(path):
 def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__)
-    truth = read_safetensors(sys.argv[1])
-    state = json.load(open(f"{sys.argv[2]}/state.json"))
+    try:
+        truth = read_safetensors(sys.argv[1])
+        state = json.load(open(f"{sys.argv[2]}/state.json"))
+    except (OSError, ValueError, struct.error) as e:
+        sys.exit(f"checkpoint-vs-truth: {e}")
     # Column map of the previous layer: recovered unit j = scale[j] * true unit perm[j].
     perm, scale = None, None
     print("layer  found  partial  complete  distinct  wrong_signs  row_err_median  row_err_max")
     for k, layer in enumerate(state["layers"]):
         w = np.array(layer["weight"]).reshape(layer["out_dim"], layer["in_dim"])
         b = np.array(layer["bias"])
+        if f"layers.{k}.weight" not in truth:
+            sys.exit(f"checkpoint-vs-truth: the target has no layers.{k}.weight (another architecture?)")
         tw, tb = truth[f"layers.{k}.weight"], truth[f"layers.{k}.bias"]
         if perm is not None:
             # True pre-activation in recovered units: sum_j tw[:, perm[j]] * (a_j / scale[j]).
