@@ -830,6 +830,47 @@ fn follow_to_units_ranked(
     None
 }
 
+/// Walks one estimate gets per round at most when few estimates ask (see [`follow_chunks`]).
+const FOLLOW_WALKS_PER_ESTIMATE_MAX: usize = 8;
+
+/// Splits an estimate's missing units into the targets of `walks` following walks: shuffled, then
+/// dealt round-robin into `walks` chunks of at most `chunk_max` units; with fewer
+/// units than walks each unit is a walk's target more than once (the anchors differ).
+///
+/// Why: the walks of a deep layer's last incomplete estimates kept failing the same way round after
+/// round. On the balanced 3072-256×8-10 (session 21) layer 4 went from 217 to 245 neurons over
+/// rounds 82–118 with one walk per estimate per round (8–30 lines against a cap of 256), always
+/// towards the first 16 missing units in index order, and ended with 8 partial neurons; layer 3's
+/// last estimate (33 missing units) stayed partial for 18 rounds. Random chunks stop one hard unit
+/// from blocking the others, smaller chunks keep the walks (and so the search radius) short, and
+/// the spare cap pays for the extra walks.
+fn follow_chunks(
+    missing: &[usize],
+    walks: usize,
+    chunk_max: usize,
+    rng: &mut ChaCha20Rng,
+) -> Vec<Vec<usize>> {
+    let mut units = missing.to_vec();
+    for i in (1..units.len()).rev() {
+        let j = rng.random_range(0..=i);
+        units.swap(i, j);
+    }
+    let walks = walks.max(1);
+    if units.is_empty() {
+        return Vec::new();
+    }
+    if units.len() <= walks {
+        return (0..walks).map(|w| vec![units[w % units.len()]]).collect();
+    }
+    let mut chunks = vec![Vec::new(); walks];
+    for (i, u) in units.into_iter().enumerate() {
+        if chunks[i % walks].len() < chunk_max {
+            chunks[i % walks].push(u);
+        }
+    }
+    chunks
+}
+
 /// Rounds of the active-set loop of [`follow_to_units_ranked`] per step.
 const FOLLOW_ACTIVE_SET_PASSES: usize = 8;
 
@@ -1250,39 +1291,57 @@ pub fn recover_layer<O: Oracle + ?Sized>(
             // Walks of `follow_to_units` that got there, and those that fell back to one unit.
             let mut walks = (0usize, 0usize);
             order_follow_asks(&mut asks, if all_at_once { usize::MAX } else { 1 });
+            // Walks per estimate: one while the asks fill the cap, more (towards disjoint random
+            // chunks of its missing units, from random anchors) once few estimates are left.
+            let walks_each = if all_at_once {
+                (MAX_FOLLOW_LINES_PER_ROUND / asking.max(1)).clamp(1, FOLLOW_WALKS_PER_ESTIMATE_MAX)
+            } else {
+                1
+            };
+            // `follow_to_units_ranked` turns at most `FOLLOW_RANKED_UNITS_MAX` units on per walk.
+            let chunk_max = if first_map.is_some() {
+                FOLLOW_RANKED_UNITS_MAX
+            } else {
+                usize::MAX
+            };
             for (e, missing) in asks {
                 if follow_lines.len() >= MAX_FOLLOW_LINES_PER_ROUND {
                     break;
                 }
                 if all_at_once {
-                    let anchor = &e.anchors[rng.random_range(0..e.anchors.len())];
-                    let walked = match &first_map {
-                        Some(f) => follow_to_units_ranked(known, f, &e.theta, anchor, &missing),
-                        None => follow_to_units(known, &e.theta, anchor, &missing),
-                    };
-                    let found = match walked {
-                        Some(f) => {
-                            walks.0 += 1;
-                            Some(f)
+                    for chunk in follow_chunks(&missing, walks_each, chunk_max, rng) {
+                        if follow_lines.len() >= MAX_FOLLOW_LINES_PER_ROUND {
+                            break;
                         }
-                        None => {
-                            walks.1 += 1;
-                            follow_to_unit(known, &e.theta, anchor, missing[0])
-                        }
-                    };
-                    if let Some((line, r)) = found {
-                        let id = lines.len() + follow_lines.len();
-                        let around = free_segments_in(known, &line, id, -r, r);
-                        // Behind two or more known layers the end point sits among the
-                        // boundaries of the units turned on *and* off, and the neuron's own kink
-                        // is seldom in the origin's segment or the next.
-                        let reach = if known.layers.len() >= 2 {
-                            FOLLOW_SEGMENTS_AROUND_RANKED
-                        } else {
-                            FOLLOW_SEGMENTS_AROUND
+                        let anchor = &e.anchors[rng.random_range(0..e.anchors.len())];
+                        let walked = match &first_map {
+                            Some(f) => follow_to_units_ranked(known, f, &e.theta, anchor, &chunk),
+                            None => follow_to_units(known, &e.theta, anchor, &chunk),
                         };
-                        segs.extend(segments_around_origin(&around, reach));
-                        follow_lines.push(line);
+                        let found = match walked {
+                            Some(f) => {
+                                walks.0 += 1;
+                                Some(f)
+                            }
+                            None => {
+                                walks.1 += 1;
+                                follow_to_unit(known, &e.theta, anchor, chunk[0])
+                            }
+                        };
+                        if let Some((line, r)) = found {
+                            let id = lines.len() + follow_lines.len();
+                            let around = free_segments_in(known, &line, id, -r, r);
+                            // Behind two or more known layers the end point sits among the
+                            // boundaries of the units turned on *and* off, and the neuron's own
+                            // kink is seldom in the origin's segment or the next.
+                            let reach = if known.layers.len() >= 2 {
+                                FOLLOW_SEGMENTS_AROUND_RANKED
+                            } else {
+                                FOLLOW_SEGMENTS_AROUND
+                            };
+                            segs.extend(segments_around_origin(&around, reach));
+                            follow_lines.push(line);
+                        }
                     }
                     continue;
                 }
@@ -1961,6 +2020,36 @@ mod tests {
             tried >= 20 && reached * 2 >= tried,
             "reached {reached} of {tried}"
         );
+    }
+
+    #[test]
+    fn follow_chunks_are_disjoint_random_and_bounded() {
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        let missing: Vec<usize> = (0..40).map(|k| 3 * k).collect();
+        // Few walks: disjoint chunks, each at most `chunk_max` long, all drawn from `missing`.
+        let chunks = follow_chunks(&missing, 2, 16, &mut rng);
+        assert_eq!(chunks.len(), 2);
+        let mut seen: Vec<usize> = chunks.iter().flatten().copied().collect();
+        assert_eq!(seen.len(), 32);
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), 32);
+        assert!(seen.iter().all(|u| missing.contains(u)));
+        // Not the first units in index order (the walks that kept failing took those).
+        assert_ne!(chunks[0], missing[..16].to_vec());
+        // Enough walks: every unit is some walk's target.
+        let chunks = follow_chunks(&missing, 8, 16, &mut rng);
+        assert_eq!(chunks.iter().map(Vec::len).sum::<usize>(), 40);
+        // More walks than units: each unit is targeted, alone, more than once.
+        let chunks = follow_chunks(&[7, 9], 5, 16, &mut rng);
+        assert_eq!(chunks.len(), 5);
+        assert!(chunks.iter().all(|c| c.len() == 1));
+        assert!(chunks.iter().any(|c| c == &[7]) && chunks.iter().any(|c| c == &[9]));
+        assert!(follow_chunks(&[], 3, 16, &mut rng).is_empty());
+        // Same seed, same chunks.
+        let a = follow_chunks(&missing, 3, 16, &mut ChaCha20Rng::seed_from_u64(9));
+        let b = follow_chunks(&missing, 3, 16, &mut ChaCha20Rng::seed_from_u64(9));
+        assert_eq!(a, b);
     }
 
     #[test]
