@@ -267,7 +267,6 @@ impl ResumeDir {
     }
 }
 
-/// FNV-style hash over the bit patterns of a query batch, word by word (fast enough for 784-dim rows).
 /// Rows whose hash chains advance together in [`hash_inputs`].
 const HASH_LANES: usize = 8;
 
