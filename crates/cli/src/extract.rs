@@ -67,6 +67,10 @@ pub struct ExtractArgs {
     /// third layer) then set how well two witnesses of one neuron agree. 1 = no scaling.
     #[arg(long, value_name = "F", default_value_t = 100.0)]
     pub deep_tol_scale: f64,
+    /// First finite-difference step of a signature, as a fraction of the distance from the stencil's
+    /// centre to the kink it measures (in (0, 1]). Default: the precision preset's (f64 1/8, f32 1).
+    #[arg(long, value_name = "F")]
+    pub stencil_kink_fraction: Option<f64>,
     /// Isolated-wiggle probes per neuron and pass on expansive layers (0 = off): each neuron is
     /// wiggled where every other active unit of its layer can stay exactly still, so that a vote is
     /// clean proof of the active side.
@@ -189,6 +193,11 @@ pub fn run(a: ExtractArgs) -> Result<()> {
         // The probe picks the preset, and with it the rounds, only once the attack runs.
         bail!("--polish-rounds needs --precision f64 or f32 (with auto the chosen preset sets it)");
     }
+    if a.stencil_kink_fraction.is_some() && a.precision == Precision::Auto {
+        bail!(
+            "--stencil-kink-fraction needs --precision f64 or f32 (with auto the chosen preset sets it)"
+        );
+    }
     let params = ExtractParams::builder()
         .seed(a.seed)
         .threads(a.threads)
@@ -203,6 +212,10 @@ pub fn run(a: ExtractArgs) -> Result<()> {
         .residual_aim_points(a.residual_aim_points);
     let params = match a.polish_rounds {
         Some(n) => params.polish_rounds(n),
+        None => params,
+    };
+    let params = match a.stencil_kink_fraction {
+        Some(f) => params.stencil_kink_fraction(f),
         None => params,
     }
     .build()?;

@@ -11,7 +11,13 @@
 //! - `LAYER` [2]: the 1-based hidden layer to recover;
 //! - `STAGE` [signs]: `signs` (the true rows of the layer with random sign flips, through
 //!   `pipeline::sign_layer`), `signatures` (`layer::recover_layer`, scored against the true rows) or
-//!   `both`;
+//!   `both`, or `polish` (hyperplane polishing alone: the true rows of `NEURONS` [32] neurons of the
+//!   layer, each perturbed by `ROW_PERTURB` [1e-8] of its norm as a signature-based deep-layer
+//!   estimate comes out, polished behind the prefix as `recover_layer` polishes a screened layer;
+//!   prints queries, time and the row errors before and after);
+//! - `POLISH_WINDOW`, `STENCIL_KINK_FRACTION` [the f64 preset's]:
+//!   `ExtractParams::projected_polish_window` (every layer behind a prefix is placed by projection
+//!   here), `ExtractParams::stencil_kink_fraction`;
 //! - `PROBE_COORDS` [24], `PROBE_UNITS` [32]: the screening flags of `scripts/bench-scale.sh`;
 //! - `POLISH_ROUNDS` [2]: hyperplane polishing rounds after the signatures (0 skips polishing, which
 //!   on a deep 256-wide layer takes longer than the rest of the layer);
@@ -76,6 +82,11 @@ fn main() {
         .deep_tol_scale(env_or("DEEP_TOL_SCALE", 100.0))
         .build()
         .expect("params");
+    // Unset: the preset's value.
+    let mut p = p;
+    p.projected_polish_window = env_or("POLISH_WINDOW", p.projected_polish_window);
+    p.stencil_kink_fraction = env_or("STENCIL_KINK_FRACTION", p.stencil_kink_fraction);
+    let p = p;
     let target = NetworkOracle::new(net.clone());
     let oracle = CountingOracle::new(&target, None);
     let perturb: f64 = env_or("PERTURB", 0.0);
@@ -182,6 +193,9 @@ fn main() {
             sig.critical_points,
         );
     }
+    if stage == "polish" {
+        polish_stage(&oracle, &known, truth, &p, &mut rng, layer_no);
+    }
     if stage == "signs" || stage == "both" {
         // The recovered rows come with an unknown sign each: flip a random half of the true ones.
         let mut flip_rng = ChaCha20Rng::seed_from_u64(seed ^ 0x5167);
@@ -221,4 +235,101 @@ fn main() {
             secs
         );
     }
+}
+
+/// Row error against the truth: `theta` (weights then bias) scaled to the true row's norm and sign,
+/// largest entry error over the true row's norm.
+fn row_error(truth: &Layer, r: usize, theta: &[f64]) -> f64 {
+    let n = truth.fan_in();
+    let tn = (0..n)
+        .map(|c| truth.weight[(r, c)].powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let dot: f64 = (0..n).map(|c| truth.weight[(r, c)] * theta[c]).sum();
+    let en = theta[..n].iter().map(|v| v * v).sum::<f64>().sqrt();
+    let s = tn / en * dot.signum();
+    let e = (0..n)
+        .map(|c| (s * theta[c] - truth.weight[(r, c)]).abs())
+        .fold((s * theta[n] - truth.bias[r]).abs(), f64::max);
+    e / tn
+}
+
+/// Median and largest of `v`.
+fn median_max(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[v.len() - 1])
+}
+
+/// `STAGE=polish`: the cost and effect of hyperplane polishing on its own, for estimates as precise
+/// as a deep layer's signatures leave them.
+fn polish_stage(
+    oracle: &CountingOracle<'_, NetworkOracle>,
+    known: &KnownPrefix,
+    truth: &Layer,
+    p: &ExtractParams,
+    rng: &mut ChaCha20Rng,
+    layer_no: usize,
+) {
+    use netxray_extract::cluster::NeuronEstimate;
+    let neurons: usize = env_or("NEURONS", 32_usize).min(truth.fan_out());
+    let row_perturb: f64 = env_or("ROW_PERTURB", 1e-8);
+    // As `recover_layer` sees them on a screened deeper layer.
+    let scaled = if layer_no > p.deep_tol_from && p.deep_tol_scale > 1.0 {
+        p.with_scaled_tolerances(p.deep_tol_scale)
+    } else {
+        p.clone()
+    };
+    let n = truth.fan_in();
+    let mut noise_rng = ChaCha20Rng::seed_from_u64(0x9011_5400 ^ layer_no as u64);
+    let mut est: Vec<NeuronEstimate> = (0..neurons)
+        .map(|r| {
+            let mut theta: Vec<f64> = (0..n).map(|c| truth.weight[(r, c)]).collect();
+            theta.push(truth.bias[r]);
+            let norm = theta[..n].iter().map(|v| v * v).sum::<f64>().sqrt();
+            let s = row_perturb / ((n + 1) as f64).sqrt();
+            for v in theta.iter_mut() {
+                *v = *v / norm + s * noise_rng.sample::<f64, _>(StandardNormal);
+            }
+            NeuronEstimate::with_row(theta, scaled.hyperplane_weight)
+        })
+        .collect();
+    let before = median_max(
+        (0..neurons)
+            .map(|r| row_error(truth, r, &est[r].theta))
+            .collect(),
+    );
+    let half = scaled.line_half_length * scaled.origin_scale * (known.input_dim as f64).sqrt();
+    let (q0, t0) = (oracle.queries(), Instant::now());
+    let stats = netxray_extract::polish::polish(
+        oracle,
+        known,
+        &mut est,
+        &vec![false; neurons],
+        &scaled,
+        rng,
+        half,
+        scaled.search_tol(),
+        true,
+    )
+    .expect("polish");
+    let secs = t0.elapsed().as_secs_f64();
+    let after = median_max(
+        (0..neurons)
+            .map(|r| row_error(truth, r, &est[r].theta))
+            .collect(),
+    );
+    let queries = oracle.queries() - q0;
+    println!(
+        "polish ({neurons} neurons, window {:e}, rows perturbed by {row_perturb:e}): \
+         {queries} queries ({:.1} per placed crossing), {secs:.1} s, placed {}, used {}, \
+         row error median / max {:.2e} / {:.2e} before, {:.2e} / {:.2e} after",
+        scaled.projected_polish_window,
+        queries as f64 / stats.placed.max(1) as f64,
+        stats.placed,
+        stats.used,
+        before.0,
+        before.1,
+        after.0,
+        after.1,
+    );
 }

@@ -92,6 +92,17 @@ fn unit(v: Vec<f64>) -> Option<Vec<f64>> {
 }
 
 impl NeuronEstimate {
+    /// An estimate that knows every unit, with hyperplane `theta` (weights, then bias) and no
+    /// evidence behind it: what polishing sees of a recovered neuron (for benches and tests that
+    /// start from a given row).
+    pub fn with_row(theta: Vec<f64>, hyperplane_weight: f64) -> Self {
+        let dim = theta.len() - 1;
+        let mut e = Self::new(dim, hyperplane_weight);
+        e.known = vec![true; dim];
+        e.theta = theta;
+        e
+    }
+
     pub(crate) fn new(dim: usize, hyperplane_weight: f64) -> Self {
         Self {
             hyperplane_weight,

@@ -121,6 +121,20 @@ pub struct ExtractParams {
     pub stencil_shrink: f64,
     /// Attempts per stencil. Default 5.
     pub stencil_tries: usize,
+    /// First step as a fraction of the distance from the stencil's centre to the kink it measures
+    /// (the centres sit halfway to the nearest other kink on the search line). Default 1/4 (f64).
+    /// A step as long as that distance crosses the point's own hyperplane along every direction `u`
+    /// with `|w·u| > |w·d|` (`d` the line), about half of them on a random line: on the
+    /// 3072-256×8-10's first line 49 % of the probe directions failed their first try and were
+    /// measured again 10× narrower. At 1/4 it was 10 % (27 % fewer probe queries); layer 1 of the
+    /// 784-16×8-1 took 165 k instead of 209 k signature queries. The derivative's rounding error
+    /// grows as the step shrinks, but the directions that failed were already measured at a tenth
+    /// of the step, and a row's worst entry is one of those: the 784-16×8-1 ended at 2^-30.0
+    /// instead of 2^-29.9 with 2 low-confidence signs instead of 4. At 1/8 it had 16 (and 2^-29.4),
+    /// hence 1/4. f32: 1 (a noisy answer divided by a shorter step costs more than the retries).
+    /// Checkpoints written before this field resume with 1, i.e. as they started.
+    #[serde(default = "defaults::stencil_kink_fraction")]
+    pub stencil_kink_fraction: f64,
     /// First-layer screening (off by default): unattached critical points are first probed on this
     /// many random input coordinates (4·k + 2 queries) and measured in full (4·d0 + 2) only once two
     /// probes on different lines agree, i.e. once the point is known to be a first-layer neuron and
@@ -240,14 +254,27 @@ pub struct ExtractParams {
     /// with 0, i.e. as they started.
     #[serde(default)]
     pub polish_rounds: usize,
-    /// Half width of the polishing search window around a predicted crossing, as a fraction of the
-    /// line's half length (narrowed 4× after every well-determined fit). Default 1e-5 (f64): the
-    /// prediction of a ~1e-9 estimate is far inside it, and a window as wide as `refine_window`
-    /// (1e-3) held a second kink about every other time on a 64-128-128-10 — a weak one inside a
-    /// fitted piece shifts the located crossing by ~1e-5, so half the points were lost. f32: 1e-2
-    /// (= `refine_window`; predictions are off by ~1e-4).
+    /// Half width of the polishing search window around a predicted crossing on a random line, as a
+    /// fraction of the line's half length (narrowed 4× after every well-determined fit). Default 1e-5
+    /// (f64): the prediction of a ~1e-9 estimate is far inside it, and a window as wide as
+    /// `refine_window` (1e-3) held a second kink about every other time on a 64-128-128-10 — a weak
+    /// one inside a fitted piece shifts the located crossing by ~1e-5, so half the points were lost.
+    /// f32: 1e-2 (= `refine_window`; predictions are off by ~1e-4). Crossings placed by projection
+    /// (deeper screened layers) use [`Self::projected_polish_window`].
     #[serde(default = "defaults::polish_window")]
     pub polish_window: f64,
+    /// The same for crossings placed by projection (`crate::place`, layers screened with
+    /// `probe_units`), where the window is also capped by the landing point's activation region.
+    /// Default 1e-6 (f64): a wider window meets other kinks, each of which costs a split of the
+    /// search. At 1e-5 a window of the 3072-256×8-10's layer 2 held 2.1 kinks on average and a
+    /// crossing cost ~21 queries; at 1e-6 7.7, with the same polished rows (`STAGE=polish` of
+    /// `benches/deep_layers.rs`: 32 neurons, rows 1e-8 off: 700,812 → 254,460 queries, row error
+    /// after 2.8e-14 → 4.0e-14; layer 5 behind a prefix perturbed by 1e-8, rows 1e-7 off: 609,125 →
+    /// 289,868 queries, 9.5e-9 → 8.9e-9). A neuron whose windows mostly miss gets wider ones (see
+    /// `polish.rs`). f32: 1e-2. Checkpoints written before this field resume with 1e-5, as they
+    /// started.
+    #[serde(default = "defaults::polish_window")]
+    pub projected_polish_window: f64,
     /// A neuron is not polished when at least half its refinement points confirmed and all of them
     /// lie within this relative distance of its estimate (before joining it): the estimate is
     /// already that precise. Default 1e-11 (f64: most first-layer neurons, measured directly on
@@ -260,6 +287,9 @@ pub struct ExtractParams {
     /// Worker threads (None: rayon default = all cores).
     pub threads: Option<usize>,
 }
+
+/// The f64 default of [`ExtractParams::stencil_kink_fraction`] (see there).
+pub const STENCIL_KINK_FRACTION_F64: f64 = 0.25;
 
 /// Hard limit on witness rounds per layer, as a multiple of `max_rounds_per_layer`, however long
 /// progress continues (see `round_patience`): bounds the time spent on one layer.
@@ -297,6 +327,9 @@ mod defaults {
     }
     pub fn polish_window() -> f64 {
         1e-5
+    }
+    pub fn stencil_kink_fraction() -> f64 {
+        1.0
     }
     pub fn polish_skip_below() -> f64 {
         1e-11
@@ -345,6 +378,7 @@ impl ExtractParams {
             eps: self.stencil_eps * self.origin_scale,
             shrink: self.stencil_shrink,
             tries: self.stencil_tries,
+            kink_fraction: self.stencil_kink_fraction,
             rel_tol: self.linearity_rel_tol,
             rank_one_tol: self.rank_one_tol,
             abs_floor: self.noise_floor,
@@ -397,6 +431,7 @@ impl Default for ExtractParamsBuilder {
                 stencil_eps: 1e-1,
                 stencil_shrink: 0.1,
                 stencil_tries: 5,
+                stencil_kink_fraction: STENCIL_KINK_FRACTION_F64,
                 probe_coords: 0,
                 probe_units: 0,
                 deep_tol_scale: defaults::deep_tol_scale(),
@@ -418,6 +453,7 @@ impl Default for ExtractParamsBuilder {
                 isolated_wiggles: 4,
                 polish_rounds: 2,
                 polish_window: defaults::polish_window(),
+                projected_polish_window: 1e-6,
                 polish_skip_below: defaults::polish_skip_below(),
                 max_queries: None,
                 threads: None,
@@ -454,6 +490,7 @@ impl ExtractParamsBuilder {
     setter!(stencil_eps, f64);
     setter!(stencil_shrink, f64);
     setter!(stencil_tries, usize);
+    setter!(stencil_kink_fraction, f64);
     setter!(refine_points, usize);
     setter!(probe_coords, usize);
     setter!(probe_units, usize);
@@ -474,6 +511,7 @@ impl ExtractParamsBuilder {
     setter!(isolated_wiggles, usize);
     setter!(polish_rounds, usize);
     setter!(polish_window, f64);
+    setter!(projected_polish_window, f64);
     setter!(polish_skip_below, f64);
     setter!(verify_rel_tol, f64);
     setter!(max_queries, Option<u64>);
@@ -502,6 +540,7 @@ impl ExtractParamsBuilder {
         p.null_gap_min = d.null_gap_min;
         p.stencil_shrink = d.stencil_shrink;
         p.stencil_tries = d.stencil_tries;
+        p.stencil_kink_fraction = d.stencil_kink_fraction;
         p.refine_window = d.refine_window;
         p.refine_match = d.refine_match;
         p.hyperplane_weight = d.hyperplane_weight;
@@ -511,6 +550,7 @@ impl ExtractParamsBuilder {
         p.verify_rel_tol = d.verify_rel_tol;
         p.polish_rounds = d.polish_rounds;
         p.polish_window = d.polish_window;
+        p.projected_polish_window = d.projected_polish_window;
         p.polish_skip_below = d.polish_skip_below;
         if precision == Precision::F32 {
             p.linearity_rel_tol = 1e-5;
@@ -520,6 +560,7 @@ impl ExtractParamsBuilder {
             p.null_gap_min = 1e-2;
             p.stencil_shrink = 0.3;
             p.stencil_tries = 3;
+            p.stencil_kink_fraction = 1.0;
             p.refine_window = 1e-2;
             p.refine_match = 0.5;
             p.rank_one_tol = 1e-2;
@@ -527,6 +568,7 @@ impl ExtractParamsBuilder {
             p.verify_rel_tol = 1e-4;
             p.polish_rounds = 3;
             p.polish_window = 1e-2;
+            p.projected_polish_window = 1e-2;
             p.polish_skip_below = 0.0;
         }
         self
@@ -570,6 +612,9 @@ impl ExtractParamsBuilder {
         if !(p.polish_window > 0.0 && p.polish_window < 0.5) {
             return Err(bad("polish_window", "must be in (0, 0.5)"));
         }
+        if !(p.projected_polish_window > 0.0 && p.projected_polish_window < 0.5) {
+            return Err(bad("projected_polish_window", "must be in (0, 0.5)"));
+        }
         if !(p.refine_match > 0.0 && p.refine_match <= 1.0) {
             return Err(bad("refine_match", "must be in (0, 1]"));
         }
@@ -587,6 +632,9 @@ impl ExtractParamsBuilder {
         }
         if !(p.stencil_shrink > 0.0 && p.stencil_shrink < 1.0) {
             return Err(bad("stencil_shrink", "must be in (0, 1)"));
+        }
+        if !(p.stencil_kink_fraction > 0.0 && p.stencil_kink_fraction <= 1.0) {
+            return Err(bad("stencil_kink_fraction", "must be in (0, 1]"));
         }
         if !(p.sign_confidence_min > 0.5 && p.sign_confidence_min <= 1.0) {
             return Err(bad("sign_confidence_min", "must be in (0.5, 1]"));
@@ -692,6 +740,8 @@ mod tests {
             (b().null_gap_min(-1.0), "null_gap_min"),
             (b().stencil_eps(0.0), "stencil_eps"),
             (b().stencil_shrink(1.0), "stencil_shrink"),
+            (b().stencil_kink_fraction(0.0), "stencil_kink_fraction"),
+            (b().stencil_kink_fraction(1.5), "stencil_kink_fraction"),
             (b().sign_confidence_min(0.5), "sign_confidence_min"),
             (b().lines_per_round(0), "lines_per_round"),
             (b().max_rounds_per_layer(0), "max_rounds_per_layer"),
@@ -711,6 +761,11 @@ mod tests {
             (b().refine_match(1.5), "refine_match"),
             (b().polish_window(0.0), "polish_window"),
             (b().polish_window(0.5), "polish_window"),
+            (b().projected_polish_window(0.0), "projected_polish_window"),
+            (
+                b().projected_polish_window(f64::NAN),
+                "projected_polish_window",
+            ),
             (b().polish_skip_below(-1.0), "polish_skip_below"),
             (b().hyperplane_weight(0.0), "hyperplane_weight"),
             (b().rank_one_tol(f64::NAN), "rank_one_tol"),

@@ -39,6 +39,12 @@ const POINT_WEIGHT: f64 = 1e3;
 /// Factor by which a neuron's search window narrows after each round whose fit was well determined.
 const WINDOW_SHRINK: f64 = 4.0;
 
+/// Factor by which a neuron's search window widens after a round in which fewer than half of its
+/// windows met a kink near the prediction (up to `refine_window`): its estimate is further off than
+/// the narrow default window assumes. On the 784-16×8-1, layer 7's windows at 1e-6 met a kink 28
+/// times in 340 (its estimates were far rougher than the rest); layer 8 then lost 6 of 16 neurons.
+const WINDOW_WIDEN: f64 = 10.0;
+
 /// A fit is made only through at least this many points per unknown: with fewer, a trimmed fit has
 /// almost no redundancy and cannot tell a spoiled crossing from a good one.
 const MIN_POINTS_PER_UNKNOWN: usize = 2;
@@ -60,10 +66,16 @@ const OUTLIER_FACTOR: f64 = 30.0;
 const OUTLIER_FLOOR: f64 = 1e-12;
 
 /// A confirmed point enters the fit when its distance from the estimate is within the residual
-/// bound or this fraction of the window, whichever is larger: f32 3e-3 (the bound); f64 1e-6, so
-/// that deep-layer estimates at ~1e-7, which most need the polish, are not locked out by the
-/// 1e-8 bound. Points of another kink in the window are removed by the trimmed fit.
+/// bound, [`GATE_MIN`], or this fraction of the window, whichever is largest: f32 3e-3 (the bound);
+/// f64 1e-6 ([`GATE_MIN`]), so that deep-layer estimates at ~1e-7, which most need the polish, are
+/// not locked out by the 1e-8 bound. Points of another kink in the window are removed by the
+/// trimmed fit.
 const GATE_PER_WINDOW: f64 = 0.1;
+
+/// Smallest gate of a confirmed point (see [`GATE_PER_WINDOW`]): a tenth of the 1e-5 line window,
+/// kept for the narrower projected window (1e-6), behind which deep-layer estimates still sit at
+/// ~1e-7.
+const GATE_MIN: f64 = 1e-6;
 
 /// Most bytes of search lines held at once: neurons are searched in groups below it, so memory stays
 /// bounded on wide inputs (every neuron at once took a 784-16×8-1 run to 1.6 GB peak).
@@ -187,12 +199,14 @@ fn search_chunk<O: Oracle + ?Sized>(
     known: &KnownPrefix,
     est: &[NeuronEstimate],
     chunk: &[usize],
-    good_rounds: &[i32],
+    windows: &[f64],
+    hits: &mut [(usize, usize)],
     per_round: usize,
     p: &ExtractParams,
     rng: &mut ChaCha20Rng,
     half: f64,
     search_tol: SearchTol,
+    gate: f64,
     points: &mut [Vec<Vec<f64>>],
     stats: &mut PolishStats,
     projected: bool,
@@ -203,14 +217,14 @@ fn search_chunk<O: Oracle + ?Sized>(
     let mut owner: Vec<(usize, f64)> = Vec::new();
     if projected {
         // Placed by projection (see `crate::place`): the chunk's neurons in one batch per window
-        // width (neurons share a width when they have had as many good rounds), so the
-        // projections of many neurons run as blocked products on all cores.
-        let mut by_window: std::collections::BTreeMap<i32, Vec<usize>> = Default::default();
+        // width (most neurons share one), so the projections of many neurons run as blocked
+        // products on all cores.
+        let mut by_window: std::collections::BTreeMap<u64, Vec<usize>> = Default::default();
         for &ei in chunk {
-            by_window.entry(good_rounds[ei]).or_default().push(ei);
+            by_window.entry(windows[ei].to_bits()).or_default().push(ei);
         }
-        for (rounds, group) in by_window {
-            let window = p.polish_window / WINDOW_SHRINK.powi(rounds);
+        for (bits, group) in by_window {
+            let window = f64::from_bits(bits);
             let thetas: Vec<&[f64]> = group.iter().map(|&ei| est[ei].theta.as_slice()).collect();
             let anchors: Vec<&[Vec<f64>]> =
                 group.iter().map(|&ei| est[ei].anchors.as_slice()).collect();
@@ -238,9 +252,7 @@ fn search_chunk<O: Oracle + ?Sized>(
     // Otherwise on random lines profiled through the prefix.
     for &ei in chunk.iter().filter(|_| !projected) {
         let e = &est[ei];
-        // Each well-determined fit is far better than the last: narrower windows meet fewer
-        // other kinks. A neuron whose fit is still shaky keeps the wide window.
-        let window = p.polish_window / WINDOW_SHRINK.powi(good_rounds[ei]);
+        let window = windows[ei];
         let mut placed = 0;
         let mut attempts = 0;
         // Random lines first; a rarely active neuron's plane is met by few of them, so the rest
@@ -278,6 +290,12 @@ fn search_chunk<O: Oracle + ?Sized>(
             (d <= 0.5 * (segs[si].2 - segs[si].1) * 0.5).then(|| (si, lines[si].at(t)))
         })
         .collect();
+    for &(ei, _) in &owner {
+        hits[ei].0 += 1;
+    }
+    for &(si, _) in &xs {
+        hits[owner[si].0].1 += 1;
+    }
     tracing::debug!(
         segments = segs.len(),
         with_kink = nearest.iter().filter(|n| n.is_some()).count(),
@@ -292,7 +310,7 @@ fn search_chunk<O: Oracle + ?Sized>(
         // A point of another kink lies far off; the estimate is within the residual bound, or
         // (an f64 estimate of a deep layer, ~1e-7) within a tenth of the window.
         let d = distance(&est[ei].theta, &u);
-        if d <= p.null_residual_max.max(GATE_PER_WINDOW * p.polish_window) {
+        if d <= gate {
             points[ei].push(u);
         }
     }
@@ -323,7 +341,16 @@ pub fn polish<O: Oracle + ?Sized>(
     let priors: Vec<Vec<f64>> = est.iter().map(|e| e.theta.clone()).collect();
     let mut points: Vec<Vec<Vec<f64>>> = vec![Vec::new(); est.len()];
     let unknowns = known.out_dim() + 1;
-    let mut good_rounds = vec![0i32; est.len()];
+    // Each neuron's window: narrowed after every well-determined fit (the next estimate is far
+    // better, and a narrower window meets fewer other kinks), widened after a round that mostly
+    // missed (see `WINDOW_WIDEN`).
+    let first_window = if projected {
+        p.projected_polish_window
+    } else {
+        p.polish_window
+    };
+    let mut windows = vec![first_window; est.len()];
+    let widest = p.refine_window.max(first_window);
     // The confirmed points of every polished neuron are held until the end: bound them. Neurons past
     // the budget keep their signature-based rows (said in a warning).
     let bytes_per_neuron = 2 * p.polish_rounds * per_round * unknowns * std::mem::size_of::<f64>();
@@ -356,18 +383,23 @@ pub fn polish<O: Oracle + ?Sized>(
         // of 12.5 KB per neuron and round). Lines are drawn in the same order either way.
         let per_neuron_bytes = per_round * 2 * d0 * std::mem::size_of::<f64>();
         let group = (LINE_BYTES_MAX / per_neuron_bytes.max(1)).max(1);
+        let mut hits = vec![(0usize, 0usize); est.len()];
         for chunk in active.chunks(group) {
             search_chunk(
                 oracle,
                 known,
                 est,
                 chunk,
-                &good_rounds,
+                &windows,
+                &mut hits,
                 per_round,
                 p,
                 rng,
                 half,
                 search_tol,
+                p.null_residual_max
+                    .max(GATE_MIN)
+                    .max(GATE_PER_WINDOW * first_window),
                 &mut points,
                 &mut stats,
                 projected,
@@ -382,6 +414,13 @@ pub fn polish<O: Oracle + ?Sized>(
                 .map(|&ei| (ei, robust_fit(&priors[ei], &points[ei])))
                 .collect()
         };
+        // Most windows missed: the estimate is further off than the window assumes.
+        let missed: Vec<usize> = active
+            .iter()
+            .copied()
+            .filter(|&ei| 2 * hits[ei].1 < hits[ei].0)
+            .collect();
+        let before = windows.clone();
         for (ei, fitted) in fits {
             let e = &mut est[ei];
             if let Some((theta, kept, median)) = fitted {
@@ -399,10 +438,20 @@ pub fn polish<O: Oracle + ?Sized>(
                 );
                 e.theta = theta;
                 if kept.len() >= MIN_POINTS_PER_UNKNOWN * unknowns {
-                    good_rounds[ei] += 1;
+                    windows[ei] /= WINDOW_SHRINK;
                 }
                 points[ei] = kept;
             }
+        }
+        for &ei in &missed {
+            windows[ei] = (before[ei] * WINDOW_WIDEN).min(widest);
+        }
+        if !missed.is_empty() {
+            tracing::debug!(
+                round,
+                neurons = missed.len(),
+                "polish windows widened: most met no kink near the prediction"
+            );
         }
     }
     for (ei, e) in est.iter().enumerate() {
@@ -518,6 +567,75 @@ mod tests {
                 polished < 1e-12,
                 "after polishing: {polished:e} (projected: {projected})"
             );
+        }
+    }
+
+    #[test]
+    fn windows_that_miss_are_widened_until_the_crossings_are_met() {
+        use crate::oracle::NetworkOracle;
+        use netxray_relu::{Arch, InitRecipe, Network};
+        use rand::SeedableRng;
+        let arch = Arch::new(vec![12, 8, 6, 1]).expect("arch");
+        let net = Network::random(&arch, InitRecipe::Balanced, 5);
+        let first = &net.layers()[0];
+        let truth: Vec<Vec<f64>> = (0..8)
+            .map(|i| {
+                let mut t: Vec<f64> = (0..12).map(|k| first.weight[(i, k)]).collect();
+                t.push(first.bias[i]);
+                let n = norm(&t[..12]);
+                t.iter().map(|v| v / n).collect()
+            })
+            .collect();
+        // A residual bound loose enough to admit points 1e-4 off the estimate, so that only the
+        // window can stand in the way.
+        let p = ExtractParams::builder()
+            .null_residual_max(1e-3)
+            .build()
+            .expect("params");
+        let oracle = NetworkOracle::new(net.clone());
+        let co = CountingOracle::new(&oracle, None);
+        let known = KnownPrefix::new(12);
+        let half = p.line_half_length * p.origin_scale * 12f64.sqrt();
+        let tol = SearchTol {
+            rel_tol: p.linearity_rel_tol,
+            min_interval_rel: p.min_interval_rel,
+            abs_floor: 0.0,
+        };
+        // 1e-4 off: the predictions miss the 1e-6 projected window (3.5e-5 of the input scale
+        // here) by an order of magnitude; without widening no point is confirmed.
+        let mut est: Vec<NeuronEstimate> = truth
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let theta = t
+                    .iter()
+                    .enumerate()
+                    .map(|(k, v)| v + 1e-4 * (((i * 11 + k * 5) % 7) as f64 - 3.0))
+                    .collect();
+                NeuronEstimate::with_row(theta, 10.0)
+            })
+            .collect();
+        let mut rng = ChaCha20Rng::seed_from_u64(2);
+        polish(
+            &co,
+            &known,
+            &mut est,
+            &[false; 8],
+            &p,
+            &mut rng,
+            half,
+            tol,
+            true,
+        )
+        .expect("polish");
+        for (e, t) in est.iter().zip(&truth) {
+            let n = norm(&e.theta[..12]);
+            let err = e
+                .theta
+                .iter()
+                .zip(t)
+                .fold(0.0_f64, |m, (a, b)| m.max((a / n - b).abs()));
+            assert!(err < 1e-8, "after polishing: {err:e}");
         }
     }
 }

@@ -49,6 +49,9 @@ pub struct StencilParams {
     pub shrink: f64,
     /// Attempts.
     pub tries: usize,
+    /// First step as a fraction of the distance to the kink along the line (see
+    /// [`crate::params::ExtractParams::stencil_kink_fraction`]).
+    pub kink_fraction: f64,
     /// Relative linearity tolerance.
     pub rel_tol: f64,
     /// Largest deviation from rank one of the jump matrix, relative to its norm.
@@ -530,7 +533,7 @@ fn measure_chunk<O: Oracle + ?Sized>(
         };
         let (s, xa, xb) = centres_of(cp);
         let step = s * norm(&line.dir);
-        let eps0 = p.eps.min(0.5 * m_known).min(step);
+        let eps0 = p.eps.min(0.5 * m_known).min(p.kink_fraction * step);
         let r = geo.dirs.count();
         let jn = norm(&cp.jump);
         if jn == 0.0 || !eps0.is_finite() || eps0 <= 0.0 {
