@@ -494,15 +494,13 @@ mod tests {
         assert!((theta[2] - 2e-3).abs() < 1e-4, "{theta:?}");
     }
 
-    #[test]
-    fn f64_polish_takes_perturbed_first_layer_estimates_to_rounding() {
-        use crate::oracle::NetworkOracle;
+    /// A balanced 12-8-6-1 net and its first layer's 8 rows (weights, then bias), unit-normalised.
+    fn first_layer_rows(seed: u64) -> (netxray_relu::Network, Vec<Vec<f64>>) {
         use netxray_relu::{Arch, InitRecipe, Network};
-        use rand::SeedableRng;
         let arch = Arch::new(vec![12, 8, 6, 1]).expect("arch");
-        let net = Network::random(&arch, InitRecipe::Balanced, 3);
+        let net = Network::random(&arch, InitRecipe::Balanced, seed);
         let first = &net.layers()[0];
-        let truth: Vec<Vec<f64>> = (0..8)
+        let truth = (0..8)
             .map(|i| {
                 let mut t: Vec<f64> = (0..12).map(|k| first.weight[(i, k)]).collect();
                 t.push(first.bias[i]);
@@ -510,6 +508,14 @@ mod tests {
                 t.iter().map(|v| v / n).collect()
             })
             .collect();
+        (net, truth)
+    }
+
+    #[test]
+    fn f64_polish_takes_perturbed_first_layer_estimates_to_rounding() {
+        use crate::oracle::NetworkOracle;
+        use rand::SeedableRng;
+        let (net, truth) = first_layer_rows(3);
         let error = |est: &[NeuronEstimate], truth: &[Vec<f64>]| {
             est.iter().zip(truth).fold(0.0_f64, |m, (e, t)| {
                 let n = norm(&e.theta[..12]);
@@ -573,19 +579,8 @@ mod tests {
     #[test]
     fn windows_that_miss_are_widened_until_the_crossings_are_met() {
         use crate::oracle::NetworkOracle;
-        use netxray_relu::{Arch, InitRecipe, Network};
         use rand::SeedableRng;
-        let arch = Arch::new(vec![12, 8, 6, 1]).expect("arch");
-        let net = Network::random(&arch, InitRecipe::Balanced, 5);
-        let first = &net.layers()[0];
-        let truth: Vec<Vec<f64>> = (0..8)
-            .map(|i| {
-                let mut t: Vec<f64> = (0..12).map(|k| first.weight[(i, k)]).collect();
-                t.push(first.bias[i]);
-                let n = norm(&t[..12]);
-                t.iter().map(|v| v / n).collect()
-            })
-            .collect();
+        let (net, truth) = first_layer_rows(5);
         // A residual bound loose enough to admit points 1e-4 off the estimate, so that only the
         // window can stand in the way.
         let p = ExtractParams::builder()
