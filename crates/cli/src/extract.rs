@@ -68,7 +68,7 @@ pub struct ExtractArgs {
     #[arg(long, value_name = "F", default_value_t = 100.0)]
     pub deep_tol_scale: f64,
     /// First finite-difference step of a signature, as a fraction of the distance from the stencil's
-    /// centre to the kink it measures (in (0, 1]). Default: the precision preset's (f64 1/8, f32 1).
+    /// centre to the kink it measures (in (0, 1]). Default: the precision preset's (f64 1/4, f32 1).
     #[arg(long, value_name = "F")]
     pub stencil_kink_fraction: Option<f64>,
     /// Isolated-wiggle probes per neuron and pass on expansive layers (0 = off): each neuron is

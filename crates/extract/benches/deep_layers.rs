@@ -154,19 +154,9 @@ fn main() {
                 .fold((0, 0.0), |a, b| if b.1 > a.1 { b } else { a });
             matched[best] = true;
             worst = worst.max(1.0 - cos);
-            let tn = (0..truth.fan_in())
-                .map(|c| truth.weight[(best, c)].powi(2))
-                .sum::<f64>()
-                .sqrt();
-            let dot: f64 = (0..truth.fan_in())
-                .map(|c| truth.weight[(best, c)] * n.w[c])
-                .sum();
-            let nn = n.w.iter().map(|v| v * v).sum::<f64>().sqrt();
-            let s = tn / nn * dot.signum();
-            let e = (0..truth.fan_in())
-                .map(|c| (s * n.w[c] - truth.weight[(best, c)]).abs())
-                .fold((s * n.b - truth.bias[best]).abs(), f64::max);
-            row_err.push(e / tn);
+            let mut theta = n.w.clone();
+            theta.push(n.b);
+            row_err.push(row_error(truth, best, &theta));
         }
         row_err.sort_by(f64::total_cmp);
         if !row_err.is_empty() {
