@@ -67,6 +67,10 @@ pub struct ExtractArgs {
     /// third layer) then set how well two witnesses of one neuron agree. 1 = no scaling.
     #[arg(long, value_name = "F", default_value_t = 100.0)]
     pub deep_tol_scale: f64,
+    /// With --probe-units: how many recovered layers must stand in front of a layer before
+    /// --deep-tol-scale applies to it. Default: the library's (3, layer 4 onwards).
+    #[arg(long, value_name = "N")]
+    pub deep_tol_from: Option<usize>,
     /// First finite-difference step of a signature, as a fraction of the distance from the stencil's
     /// centre to the kink it measures (in (0, 1]). Default: the precision preset's (f64 1/4, f32 1).
     #[arg(long, value_name = "F")]
@@ -210,6 +214,10 @@ pub fn run(a: ExtractArgs) -> Result<()> {
         .brute_check(!a.no_brute_check)
         .isolated_wiggles(a.isolated_wiggles)
         .residual_aim_points(a.residual_aim_points);
+    let params = match a.deep_tol_from {
+        Some(n) => params.deep_tol_from(n),
+        None => params,
+    };
     let params = match a.polish_rounds {
         Some(n) => params.polish_rounds(n),
         None => params,
