@@ -275,6 +275,23 @@ pub struct ExtractParams {
     /// started.
     #[serde(default = "defaults::polish_window")]
     pub projected_polish_window: f64,
+    /// A polished neuron whose final fit kept fewer than this many points per unknown of its
+    /// hyperplane (`dim + 1`; points of another kink and imprecise crossings are cut by the robust
+    /// fit) gets up to `polish_rounds` more rounds. f32: 4 (two thirds of its 3 rounds of 2 points
+    /// per unknown: a neuron with small outgoing weights has a small jump and noisier crossings, and
+    /// needs more of them; on an f32 40-20-10-10-10 one layer-1 neuron kept 45 of 75 points). f64:
+    /// 1.25 — an f64 crossing is exact to about rounding, so a fit a quarter over-determined is
+    /// nearly as good as one through more points, and the old rule (two thirds of the placed points)
+    /// sent 181 of the 3072-256×8-10's layer-2 neurons to a third round (93,000 more crossings) only
+    /// because the outlier cut, 30× the median distance, trims the slightly less precise crossings
+    /// near other kinks. `STAGE=polish` of `benches/deep_layers.rs` (32 neurons, rows 1e-7 off), 8/3
+    /// → 1.25: layer 3 behind a prefix 1e-9 off, 300,583 → 263,665 queries, 32.1 → 25.9 s, row error
+    /// (median / max) 3.3e-10 / 6.9e-10 → 4.0e-10 / 8.2e-10; layer 5 behind a prefix 1e-8 off,
+    /// 289,868 → 269,336 queries, 32.2 → 29.3 s, 6.0e-9 / 8.9e-9 → 6.4e-9 / 1.2e-8: fewer queries
+    /// for rows a little less precise. Checkpoints written before this field resume with 8/3, the
+    /// old rule for the f64 preset's 2 rounds.
+    #[serde(default = "defaults::polish_kept_per_unknown")]
+    pub polish_kept_per_unknown: f64,
     /// A neuron is not polished when at least half its refinement points confirmed and all of them
     /// lie within this relative distance of its estimate (before joining it): the estimate is
     /// already that precise. Default 1e-11 (f64: most first-layer neurons, measured directly on
@@ -330,6 +347,9 @@ mod defaults {
     }
     pub fn stencil_kink_fraction() -> f64 {
         1.0
+    }
+    pub fn polish_kept_per_unknown() -> f64 {
+        8.0 / 3.0
     }
     pub fn polish_skip_below() -> f64 {
         1e-11
@@ -454,6 +474,7 @@ impl Default for ExtractParamsBuilder {
                 polish_rounds: 2,
                 polish_window: defaults::polish_window(),
                 projected_polish_window: 1e-6,
+                polish_kept_per_unknown: 1.25,
                 polish_skip_below: defaults::polish_skip_below(),
                 max_queries: None,
                 threads: None,
@@ -513,6 +534,7 @@ impl ExtractParamsBuilder {
     setter!(polish_window, f64);
     setter!(projected_polish_window, f64);
     setter!(polish_skip_below, f64);
+    setter!(polish_kept_per_unknown, f64);
     setter!(verify_rel_tol, f64);
     setter!(max_queries, Option<u64>);
     setter!(threads, Option<usize>);
@@ -552,6 +574,7 @@ impl ExtractParamsBuilder {
         p.polish_window = d.polish_window;
         p.projected_polish_window = d.projected_polish_window;
         p.polish_skip_below = d.polish_skip_below;
+        p.polish_kept_per_unknown = d.polish_kept_per_unknown;
         if precision == Precision::F32 {
             p.linearity_rel_tol = 1e-5;
             p.min_interval_rel = 1e-6;
@@ -570,6 +593,7 @@ impl ExtractParamsBuilder {
             p.polish_window = 1e-2;
             p.projected_polish_window = 1e-2;
             p.polish_skip_below = 0.0;
+            p.polish_kept_per_unknown = 4.0;
         }
         self
     }
@@ -608,6 +632,12 @@ impl ExtractParamsBuilder {
         }
         if !(p.polish_skip_below.is_finite() && p.polish_skip_below >= 0.0) {
             return Err(bad("polish_skip_below", "must be a finite number >= 0"));
+        }
+        if !(p.polish_kept_per_unknown.is_finite() && p.polish_kept_per_unknown >= 0.0) {
+            return Err(bad(
+                "polish_kept_per_unknown",
+                "must be a finite number >= 0",
+            ));
         }
         if !(p.polish_window > 0.0 && p.polish_window < 0.5) {
             return Err(bad("polish_window", "must be in (0, 0.5)"));
@@ -767,6 +797,11 @@ mod tests {
                 "projected_polish_window",
             ),
             (b().polish_skip_below(-1.0), "polish_skip_below"),
+            (b().polish_kept_per_unknown(-1.0), "polish_kept_per_unknown"),
+            (
+                b().polish_kept_per_unknown(f64::INFINITY),
+                "polish_kept_per_unknown",
+            ),
             (b().hyperplane_weight(0.0), "hyperplane_weight"),
             (b().rank_one_tol(f64::NAN), "rank_one_tol"),
             (b().noise_rel(-1e-9), "noise_rel"),

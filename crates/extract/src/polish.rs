@@ -51,15 +51,6 @@ const WINDOW_WIDEN: f64 = 10.0;
 /// almost no redundancy and cannot tell a spoiled crossing from a good one.
 const MIN_POINTS_PER_UNKNOWN: usize = 2;
 
-/// Neurons that kept fewer than this fraction (`KEPT_NUM / KEPT_DEN`) of the points placed in
-/// `polish_rounds` get up to as many rounds again: a neuron with small outgoing weights has a small
-/// jump, noisier crossings, and needs more of them (on an f32 40-20-10-10-10 one layer-1 neuron kept
-/// 45 of 75 points at a 30× larger median distance than its neighbours). Two thirds: in the f32
-/// preset (3 rounds of 2 points per unknown) that is 4 kept points per unknown.
-const KEPT_NUM: usize = 2;
-/// Denominator of the kept fraction (see [`KEPT_NUM`]).
-const KEPT_DEN: usize = 3;
-
 /// A point is an outlier (another kink met next to the prediction) when its distance from the fitted
 /// hyperplane exceeds this multiple of the median distance.
 const OUTLIER_FACTOR: f64 = 30.0;
@@ -352,6 +343,7 @@ pub fn polish<O: Oracle + ?Sized>(
         p.polish_window
     };
     let mut windows = vec![first_window; est.len()];
+    let mut has_fit = vec![false; est.len()];
     let widest = p.refine_window.max(first_window);
     // The confirmed points of every polished neuron are held until the end: bound them. Neurons past
     // the budget keep their signature-based rows (said in a warning).
@@ -374,8 +366,11 @@ pub fn polish<O: Oracle + ?Sized>(
         let active: Vec<usize> = (0..est.len())
             .filter(|&ei| !skip[ei])
             .filter(|&ei| {
+                // Extra rounds (up to `polish_rounds` more) for a neuron not fitted yet or whose
+                // fit kept too few points (`ExtractParams::polish_kept_per_unknown`).
                 round < p.polish_rounds
-                    || KEPT_DEN * points[ei].len() < KEPT_NUM * p.polish_rounds * per_round
+                    || !has_fit[ei]
+                    || (points[ei].len() as f64) < p.polish_kept_per_unknown * unknowns as f64
             })
             .collect();
         if active.is_empty() {
@@ -439,6 +434,7 @@ pub fn polish<O: Oracle + ?Sized>(
                     "polished"
                 );
                 e.theta = theta;
+                has_fit[ei] = true;
                 if kept.len() >= MIN_POINTS_PER_UNKNOWN * unknowns {
                     windows[ei] /= WINDOW_SHRINK;
                 }
@@ -457,7 +453,7 @@ pub fn polish<O: Oracle + ?Sized>(
         }
     }
     for (ei, e) in est.iter().enumerate() {
-        if points[ei].len() >= MIN_POINTS_PER_UNKNOWN * unknowns {
+        if has_fit[ei] && !points[ei].is_empty() {
             stats.used += points[ei].len();
             let mut d: Vec<f64> = points[ei].iter().map(|u| distance(&e.theta, u)).collect();
             d.sort_by(f64::total_cmp);
