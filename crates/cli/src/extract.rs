@@ -90,6 +90,14 @@ pub struct ExtractArgs {
     /// preset's (f64 2, f32 3). Needs an explicit --precision f64|f32.
     #[arg(long, value_name = "N")]
     pub polish_rounds: Option<usize>,
+    /// Predicted crossings per neuron and polishing round, per unknown of its hyperplane (≥ 1).
+    /// Default: the precision preset's (2). Needs an explicit --precision f64|f32.
+    #[arg(long, value_name = "F")]
+    pub polish_points_per_unknown: Option<f64>,
+    /// Fraction of a neuron's polishing points its trimmed fit goes through before the outlier cut
+    /// (in (0, 1]). Default: the precision preset's (0.5). Needs an explicit --precision f64|f32.
+    #[arg(long, value_name = "F")]
+    pub polish_trim_fraction: Option<f64>,
     /// Skip the brute-force sign cross-check of hidden layers of width ≤ 16 (by default all 2^w sign
     /// patterns are scored against measured gradients; a decisive disagreement corrects the signs,
     /// an indecisive one flags the neurons as low confidence).
@@ -197,10 +205,17 @@ pub fn run(a: ExtractArgs) -> Result<()> {
         // The probe picks the preset, and with it the rounds, only once the attack runs.
         bail!("--polish-rounds needs --precision f64 or f32 (with auto the chosen preset sets it)");
     }
-    if a.stencil_kink_fraction.is_some() && a.precision == Precision::Auto {
-        bail!(
-            "--stencil-kink-fraction needs --precision f64 or f32 (with auto the chosen preset sets it)"
-        );
+    for (set, flag) in [
+        (a.stencil_kink_fraction.is_some(), "--stencil-kink-fraction"),
+        (
+            a.polish_points_per_unknown.is_some(),
+            "--polish-points-per-unknown",
+        ),
+        (a.polish_trim_fraction.is_some(), "--polish-trim-fraction"),
+    ] {
+        if set && a.precision == Precision::Auto {
+            bail!("{flag} needs --precision f64 or f32 (with auto the chosen preset sets it)");
+        }
     }
     let params = ExtractParams::builder()
         .seed(a.seed)
@@ -224,6 +239,14 @@ pub fn run(a: ExtractArgs) -> Result<()> {
     };
     let params = match a.stencil_kink_fraction {
         Some(f) => params.stencil_kink_fraction(f),
+        None => params,
+    };
+    let params = match a.polish_points_per_unknown {
+        Some(f) => params.polish_points_per_unknown(f),
+        None => params,
+    };
+    let params = match a.polish_trim_fraction {
+        Some(f) => params.polish_trim_fraction(f),
         None => params,
     }
     .build()?;

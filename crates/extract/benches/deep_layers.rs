@@ -15,9 +15,11 @@
 //!   layer, each perturbed by `ROW_PERTURB` [1e-8] of its norm as a signature-based deep-layer
 //!   estimate comes out, polished behind the prefix as `recover_layer` polishes a screened layer;
 //!   prints queries, time and the row errors before and after);
-//! - `POLISH_WINDOW`, `STENCIL_KINK_FRACTION`, `POLISH_KEPT` [the f64 preset's]:
-//!   `ExtractParams::projected_polish_window` (every layer behind a prefix is placed by projection
-//!   here), `ExtractParams::stencil_kink_fraction`, `ExtractParams::polish_kept_per_unknown`;
+//! - `POLISH_WINDOW`, `STENCIL_KINK_FRACTION`, `POLISH_KEPT`, `POLISH_POINTS`, `POLISH_TRIM` [the
+//!   f64 preset's]: `ExtractParams::projected_polish_window` (every layer behind a prefix is placed
+//!   by projection here), `ExtractParams::stencil_kink_fraction`,
+//!   `ExtractParams::polish_kept_per_unknown`, `ExtractParams::polish_points_per_unknown`,
+//!   `ExtractParams::polish_trim_fraction`;
 //! - `PROBE_COORDS` [24], `PROBE_UNITS` [32]: the screening flags of `scripts/bench-scale.sh`;
 //! - `POLISH_ROUNDS` [2]: hyperplane polishing rounds after the signatures (0 skips polishing, which
 //!   on a deep 256-wide layer takes longer than the rest of the layer);
@@ -87,6 +89,8 @@ fn main() {
     p.projected_polish_window = env_or("POLISH_WINDOW", p.projected_polish_window);
     p.stencil_kink_fraction = env_or("STENCIL_KINK_FRACTION", p.stencil_kink_fraction);
     p.polish_kept_per_unknown = env_or("POLISH_KEPT", p.polish_kept_per_unknown);
+    p.polish_points_per_unknown = env_or("POLISH_POINTS", p.polish_points_per_unknown);
+    p.polish_trim_fraction = env_or("POLISH_TRIM", p.polish_trim_fraction);
     let p = p;
     let target = NetworkOracle::new(net.clone());
     let oracle = CountingOracle::new(&target, None);

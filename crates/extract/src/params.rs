@@ -277,21 +277,45 @@ pub struct ExtractParams {
     pub projected_polish_window: f64,
     /// A polished neuron whose final fit kept fewer than this many points per unknown of its
     /// hyperplane (`dim + 1`; points of another kink and imprecise crossings are cut by the robust
-    /// fit) gets up to `polish_rounds` more rounds. f32: 4 (two thirds of its 3 rounds of 2 points
-    /// per unknown: a neuron with small outgoing weights has a small jump and noisier crossings, and
-    /// needs more of them; on an f32 40-20-10-10-10 one layer-1 neuron kept 45 of 75 points). f64:
-    /// 1.25 — an f64 crossing is exact to about rounding, so a fit a quarter over-determined is
-    /// nearly as good as one through more points, and the old rule (two thirds of the placed points)
-    /// sent 181 of the 3072-256×8-10's layer-2 neurons to a third round (93,000 more crossings) only
-    /// because the outlier cut, 30× the median distance, trims the slightly less precise crossings
-    /// near other kinks. `STAGE=polish` of `benches/deep_layers.rs` (32 neurons, rows 1e-7 off), 8/3
-    /// → 1.25: layer 3 behind a prefix 1e-9 off, 300,583 → 263,665 queries, 32.1 → 25.9 s, row error
-    /// (median / max) 3.3e-10 / 6.9e-10 → 4.0e-10 / 8.2e-10; layer 5 behind a prefix 1e-8 off,
-    /// 289,868 → 269,336 queries, 32.2 → 29.3 s, 6.0e-9 / 8.9e-9 → 6.4e-9 / 1.2e-8: fewer queries
-    /// for rows a little less precise. Checkpoints written before this field resume with 8/3, the
-    /// old rule for the f64 preset's 2 rounds.
+    /// fit) gets up to `polish_rounds` more rounds. f32: 4, f64: 8/3 — two thirds of the points the
+    /// preset places in its rounds (3 or 2 rounds of 2 points per unknown): a neuron with small
+    /// outgoing weights has a small jump and noisier crossings, and needs more of them (on an f32
+    /// 40-20-10-10-10 one layer-1 neuron kept 45 of 75 points). On f64 the outlier cut, 30× the
+    /// median distance, also trims the slightly less precise crossings near other kinks, so this
+    /// sends many deep-layer neurons to a third round; session 26 measured 1.25 instead
+    /// (`STAGE=polish` of `benches/deep_layers.rs`, 32 neurons, rows 1e-7 off): layer 3 behind a
+    /// prefix 1e-9 off, 300,583 → 263,665 queries, row error (median / max) 3.3e-10 / 6.9e-10 →
+    /// 4.0e-10 / 8.2e-10; layer 5 behind a prefix 1e-8 off, 289,868 → 269,336 queries, 6.0e-9 /
+    /// 8.9e-9 → 6.4e-9 / 1.2e-8 — but the balanced 784-16×8-1 (`scripts/bench-scale.sh`'s flags)
+    /// then failed verification (relative error 1.7e-1: layer 7's brute-force sign check chose a
+    /// wrong pattern, 22 signs low-confidence) where 8/3 verified at 2^-30, so 8/3 stays. Checkpoints
+    /// written before this field resume with 8/3, as they started.
     #[serde(default = "defaults::polish_kept_per_unknown")]
     pub polish_kept_per_unknown: f64,
+    /// Predicted crossings placed per neuron and polishing round, per unknown of its hyperplane
+    /// (`dim + 1`). Default 2 (both presets): a round-0 fit needs 2 points per unknown after the
+    /// misses, so with 2 a neuron that lost one point is fitted only after its second round. Session
+    /// 26 measured 3 with `polish_rounds` 1 and `polish_trim_fraction` 0.75: `STAGE=polish` of
+    /// `benches/deep_layers.rs` (32 neurons, rows 1e-7 off), layer 3 behind a prefix 1e-9 off:
+    /// 300,583 → 199,852 queries, row error (median / max) 3.3e-10 / 6.9e-10 → 3.6e-10 / 9.3e-10;
+    /// layer 5 behind a prefix 1e-8 off: 289,868 → 202,692 queries, 6.0e-9 / 8.9e-9 → 6.9e-9 /
+    /// 1.0e-8; the balanced 784-16×8-1 end to end verified at 2^-30.4 with 944,333 queries instead
+    /// of 2^-30.9 with 1,030,435, but with 14 low-confidence signs instead of 2. An experiment until
+    /// measured on the 3072-256×8-10 end to end. Checkpoints written before this field resume with
+    /// 2, as they started.
+    #[serde(default = "defaults::polish_points_per_unknown")]
+    pub polish_points_per_unknown: f64,
+    /// Fraction of a neuron's polishing points (closest to the current fit first) that its trimmed
+    /// fit goes through before the outlier cut; at least `dim + 2` points either way. Default 0.5
+    /// (both presets): robust to up to half the points lying on other kinks. On the 3072-256×8-10's
+    /// deep layers far fewer do (~1.09 kinks per window), and 0.75 kept more points and gave better
+    /// rows at fewer queries (session 26, `STAGE=polish`, layer 3 as for
+    /// `polish_points_per_unknown`: 300,583 → 263,661 queries, 3.3e-10 / 6.9e-10 → 3.1e-10 /
+    /// 6.0e-10, no neuron sent to a third round), but the balanced 784-16×8-1 end to end then
+    /// failed verification (relative error 0.99, 35 signs low-confidence; not analysed further).
+    /// Checkpoints written before this field resume with 0.5, as they started.
+    #[serde(default = "defaults::polish_trim_fraction")]
+    pub polish_trim_fraction: f64,
     /// A neuron is not polished when at least half its refinement points confirmed and all of them
     /// lie within this relative distance of its estimate (before joining it): the estimate is
     /// already that precise. Default 1e-11 (f64: most first-layer neurons, measured directly on
@@ -350,6 +374,12 @@ mod defaults {
     }
     pub fn polish_kept_per_unknown() -> f64 {
         8.0 / 3.0
+    }
+    pub fn polish_points_per_unknown() -> f64 {
+        2.0
+    }
+    pub fn polish_trim_fraction() -> f64 {
+        0.5
     }
     pub fn polish_skip_below() -> f64 {
         1e-11
@@ -474,7 +504,9 @@ impl Default for ExtractParamsBuilder {
                 polish_rounds: 2,
                 polish_window: defaults::polish_window(),
                 projected_polish_window: 1e-6,
-                polish_kept_per_unknown: 1.25,
+                polish_kept_per_unknown: defaults::polish_kept_per_unknown(),
+                polish_points_per_unknown: defaults::polish_points_per_unknown(),
+                polish_trim_fraction: defaults::polish_trim_fraction(),
                 polish_skip_below: defaults::polish_skip_below(),
                 max_queries: None,
                 threads: None,
@@ -535,6 +567,8 @@ impl ExtractParamsBuilder {
     setter!(projected_polish_window, f64);
     setter!(polish_skip_below, f64);
     setter!(polish_kept_per_unknown, f64);
+    setter!(polish_points_per_unknown, f64);
+    setter!(polish_trim_fraction, f64);
     setter!(verify_rel_tol, f64);
     setter!(max_queries, Option<u64>);
     setter!(threads, Option<usize>);
@@ -575,6 +609,8 @@ impl ExtractParamsBuilder {
         p.projected_polish_window = d.projected_polish_window;
         p.polish_skip_below = d.polish_skip_below;
         p.polish_kept_per_unknown = d.polish_kept_per_unknown;
+        p.polish_points_per_unknown = d.polish_points_per_unknown;
+        p.polish_trim_fraction = d.polish_trim_fraction;
         if precision == Precision::F32 {
             p.linearity_rel_tol = 1e-5;
             p.min_interval_rel = 1e-6;
@@ -638,6 +674,15 @@ impl ExtractParamsBuilder {
                 "polish_kept_per_unknown",
                 "must be a finite number >= 0",
             ));
+        }
+        if !(p.polish_points_per_unknown.is_finite() && p.polish_points_per_unknown >= 1.0) {
+            return Err(bad(
+                "polish_points_per_unknown",
+                "must be a finite number >= 1",
+            ));
+        }
+        if !(p.polish_trim_fraction > 0.0 && p.polish_trim_fraction <= 1.0) {
+            return Err(bad("polish_trim_fraction", "must be in (0, 1]"));
         }
         if !(p.polish_window > 0.0 && p.polish_window < 0.5) {
             return Err(bad("polish_window", "must be in (0, 0.5)"));
@@ -802,6 +847,16 @@ mod tests {
                 b().polish_kept_per_unknown(f64::INFINITY),
                 "polish_kept_per_unknown",
             ),
+            (
+                b().polish_points_per_unknown(0.5),
+                "polish_points_per_unknown",
+            ),
+            (
+                b().polish_points_per_unknown(f64::NAN),
+                "polish_points_per_unknown",
+            ),
+            (b().polish_trim_fraction(0.0), "polish_trim_fraction"),
+            (b().polish_trim_fraction(1.5), "polish_trim_fraction"),
             (b().hyperplane_weight(0.0), "hyperplane_weight"),
             (b().rank_one_tol(f64::NAN), "rank_one_tol"),
             (b().noise_rel(-1e-9), "noise_rel"),

@@ -28,10 +28,6 @@ use crate::params::ExtractParams;
 use faer::Mat;
 use rand_chacha::ChaCha20Rng;
 
-/// Predicted crossings per neuron and round, per unknown of its hyperplane (`dim + 1`): twice as many
-/// points as unknowns, so that a few rejected ones still leave the fit overdetermined.
-const POINTS_PER_UNKNOWN: usize = 2;
-
 /// Weight of a point's (unit) hyperplane row against the (unit) prior rows that hold the estimate:
 /// the ratio of the estimate's error (~1e-3) to a crossing's (~1e-6).
 const POINT_WEIGHT: f64 = 1e3;
@@ -133,18 +129,22 @@ fn fit(prior: &[f64], points: &[Vec<f64>]) -> Option<Vec<f64>> {
 /// A robust fit's hyperplane, the points it kept and their median distance from it.
 type Fitted = (Vec<f64>, Vec<Vec<f64>>, f64);
 
-/// Concentration steps of the trimmed fit: each refits through the best half of the points under the
+/// Concentration steps of the trimmed fit: each refits through the best part of the points under the
 /// previous fit (least trimmed squares); a handful converge from the estimate's 1e-3 to the points' 1e-7.
 const TRIM_STEPS: usize = 6;
 
-/// A robust fit: least trimmed squares started from the prior (refit through the best-fitting half,
-/// [`TRIM_STEPS`] times), then every point within [`OUTLIER_FACTOR`] × the median distance of that half
-/// is kept and the plane refitted. Points of another kink next to the prediction, or crossings spoiled
+/// A robust fit: least trimmed squares started from the prior (refit through the best-fitting
+/// `trim_fraction` of the points, `ExtractParams::polish_trim_fraction`, [`TRIM_STEPS`] times), then
+/// every point within [`OUTLIER_FACTOR`] × the median distance of that part is kept and the plane
+/// refitted. Points of another kink next to the prediction, or crossings spoiled
 /// by a second kink inside their window, lie far off and never enter. Returns the hyperplane, the
 /// points kept and their median distance.
-fn robust_fit(prior: &[f64], points: &[Vec<f64>]) -> Option<Fitted> {
+fn robust_fit(prior: &[f64], points: &[Vec<f64>], trim_fraction: f64) -> Option<Fitted> {
     let unknowns = prior.len();
-    let half = (points.len() / 2).max(unknowns + 1).min(points.len());
+    // `trim_fraction` 0.5 gives `points.len() / 2`, the rule before it was a parameter.
+    let half = ((points.len() as f64 * trim_fraction) as usize)
+        .max(unknowns + 1)
+        .min(points.len());
     let by_distance = |theta: &[f64]| -> Vec<(f64, usize)> {
         let mut d: Vec<(f64, usize)> = points
             .iter()
@@ -330,7 +330,8 @@ pub fn polish<O: Oracle + ?Sized>(
         return Ok(stats);
     }
     let d0 = known.input_dim;
-    let per_round = POINTS_PER_UNKNOWN * (known.out_dim() + 1);
+    // Points per neuron and round (`ExtractParams::polish_points_per_unknown`).
+    let per_round = (p.polish_points_per_unknown * (known.out_dim() + 1) as f64).ceil() as usize;
     let priors: Vec<Vec<f64>> = est.iter().map(|e| e.theta.clone()).collect();
     let mut points: Vec<Vec<Vec<f64>>> = vec![Vec::new(); est.len()];
     let unknowns = known.out_dim() + 1;
@@ -408,7 +409,12 @@ pub fn polish<O: Oracle + ?Sized>(
             active
                 .par_iter()
                 .filter(|&&ei| points[ei].len() >= MIN_POINTS_PER_UNKNOWN * unknowns)
-                .map(|&ei| (ei, robust_fit(&priors[ei], &points[ei])))
+                .map(|&ei| {
+                    (
+                        ei,
+                        robust_fit(&priors[ei], &points[ei], p.polish_trim_fraction),
+                    )
+                })
                 .collect()
         };
         // Most windows missed: the estimate is further off than the window assumes.
@@ -482,7 +488,7 @@ mod tests {
         }
         // One point of another kink far off the plane.
         pts.push(point_row(&[1.0, 1.0, 0.0]));
-        let (theta, kept, median) = robust_fit(&prior, &pts).expect("fit");
+        let (theta, kept, median) = robust_fit(&prior, &pts, 0.5).expect("fit");
         assert_eq!(kept.len(), 20, "the outlier is dropped");
         assert!(median < 1e-6, "median {median}");
         assert!((theta[0] - truth[0]).abs() < 1e-5, "{theta:?}");
