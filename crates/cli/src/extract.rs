@@ -217,7 +217,7 @@ pub fn run(a: ExtractArgs) -> Result<()> {
             bail!("{flag} needs --precision f64 or f32 (with auto the chosen preset sets it)");
         }
     }
-    let params = ExtractParams::builder()
+    let mut params = ExtractParams::builder()
         .seed(a.seed)
         .threads(a.threads)
         .max_queries(a.max_queries)
@@ -229,27 +229,23 @@ pub fn run(a: ExtractArgs) -> Result<()> {
         .brute_check(!a.no_brute_check)
         .isolated_wiggles(a.isolated_wiggles)
         .residual_aim_points(a.residual_aim_points);
-    let params = match a.deep_tol_from {
-        Some(n) => params.deep_tol_from(n),
-        None => params,
-    };
-    let params = match a.polish_rounds {
-        Some(n) => params.polish_rounds(n),
-        None => params,
-    };
-    let params = match a.stencil_kink_fraction {
-        Some(f) => params.stencil_kink_fraction(f),
-        None => params,
-    };
-    let params = match a.polish_points_per_unknown {
-        Some(f) => params.polish_points_per_unknown(f),
-        None => params,
-    };
-    let params = match a.polish_trim_fraction {
-        Some(f) => params.polish_trim_fraction(f),
-        None => params,
+    // Optional flags: unset keeps the library's (or the precision preset's) value.
+    if let Some(n) = a.deep_tol_from {
+        params = params.deep_tol_from(n);
     }
-    .build()?;
+    if let Some(n) = a.polish_rounds {
+        params = params.polish_rounds(n);
+    }
+    if let Some(f) = a.stencil_kink_fraction {
+        params = params.stencil_kink_fraction(f);
+    }
+    if let Some(f) = a.polish_points_per_unknown {
+        params = params.polish_points_per_unknown(f);
+    }
+    if let Some(f) = a.polish_trim_fraction {
+        params = params.polish_trim_fraction(f);
+    }
+    let params = params.build()?;
     if let Some(t) = a.threads {
         // A second initialisation (e.g. in tests) is harmless: keep the existing pool.
         let _ = rayon_pool(t);
