@@ -201,11 +201,9 @@ pub fn run(a: ExtractArgs) -> Result<()> {
     // Watches the first answers: a target that rounds its outputs stops the attack early with a clear
     // message (exact extraction is impossible there) instead of ending in a wrong model.
     let oracle = RoundingGuard::new(oracle);
-    if a.polish_rounds.is_some() && a.precision == Precision::Auto {
-        // The probe picks the preset, and with it the rounds, only once the attack runs.
-        bail!("--polish-rounds needs --precision f64 or f32 (with auto the chosen preset sets it)");
-    }
+    // With auto the probe picks the preset, which sets these, only once the attack runs.
     for (set, flag) in [
+        (a.polish_rounds.is_some(), "--polish-rounds"),
         (a.stencil_kink_fraction.is_some(), "--stencil-kink-fraction"),
         (
             a.polish_points_per_unknown.is_some(),

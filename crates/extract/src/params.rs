@@ -288,7 +288,8 @@ pub struct ExtractParams {
     /// 4.0e-10 / 8.2e-10; layer 5 behind a prefix 1e-8 off, 289,868 → 269,336 queries, 6.0e-9 /
     /// 8.9e-9 → 6.4e-9 / 1.2e-8 — but the balanced 784-16×8-1 (`scripts/bench-scale.sh`'s flags)
     /// then failed verification (relative error 1.7e-1: layer 7's brute-force sign check chose a
-    /// wrong pattern, 22 signs low-confidence) where 8/3 verified at 2^-30, so 8/3 stays. Checkpoints
+    /// wrong pattern, 22 signs low-confidence) where 8/3 verified at 2^-30, so 8/3 stays. Unlike the
+    /// two-thirds rule it replaces, it does not follow a `polish_rounds` set by hand. Checkpoints
     /// written before this field resume with 8/3, as they started.
     #[serde(default = "defaults::polish_kept_per_unknown")]
     pub polish_kept_per_unknown: f64,
