@@ -349,7 +349,7 @@ pub fn run(a: ExtractArgs) -> Result<()> {
     println!("architecture: {}", r.arch);
     for l in &r.layers {
         println!(
-            "layer {}: {}/{} neurons, {} dead, queries search {} signature {} refine {} sign {} ({}), {:.2}s",
+            "layer {}: {}/{} neurons, {} dead, queries search {} signature {} refine {} sign {} ({}), {:.2}s ({:.2}s in the target)",
             l.layer,
             l.neurons_found,
             l.width,
@@ -359,7 +359,8 @@ pub fn run(a: ExtractArgs) -> Result<()> {
             l.queries.refine,
             l.queries.sign,
             l.sign_method,
-            l.seconds.signatures + l.seconds.sign
+            l.seconds.signatures + l.seconds.sign,
+            l.seconds.target
         );
         if !l.always_on.is_empty() {
             println!(
@@ -407,7 +408,10 @@ pub fn run(a: ExtractArgs) -> Result<()> {
             s.requests, s.rows_answered, s.retries, s.ambiguous_retries
         );
     }
-    println!("wall time: {:.2}s", r.wall_seconds);
+    println!(
+        "wall time: {:.2}s ({:.2}s waiting for the target's answers)",
+        r.wall_seconds, r.target_seconds
+    );
     println!(
         "verification (fresh queries): max |f - f^| / max |f| = {:.3e} ({:.1} bits)",
         r.verify_rel_error, r.precision.reached_bits

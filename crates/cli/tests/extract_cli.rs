@@ -55,6 +55,21 @@ fn extract_then_compare_round_trip() {
     assert_eq!(report["schema"], 1);
     assert!(report["total_queries"].as_u64().unwrap() > 0);
     assert_eq!(report["layers"].as_array().unwrap().len(), 2);
+    // The time spent waiting for the target is part of the wall time, layer by layer and in all.
+    let (wall, target) = (
+        report["wall_seconds"].as_f64().unwrap(),
+        report["target_seconds"].as_f64().unwrap(),
+    );
+    assert!(
+        target > 0.0 && target <= wall,
+        "target {target} s of {wall} s"
+    );
+    for l in report["layers"].as_array().unwrap() {
+        let s = &l["seconds"];
+        let stages = s["signatures"].as_f64().unwrap() + s["sign"].as_f64().unwrap();
+        let waited = s["target"].as_f64().unwrap();
+        assert!(waited > 0.0 && waited <= stages, "{s}");
+    }
     let cmp = netxray(&[
         "model",
         "compare",

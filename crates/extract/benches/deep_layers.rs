@@ -134,6 +134,7 @@ fn main() {
     );
     if stage == "signatures" || stage == "both" {
         let (q0, t0) = (oracle.queries(), Instant::now());
+        let target0 = oracle.target_seconds();
         let sig = recover_layer(
             &oracle,
             &known,
@@ -173,7 +174,8 @@ fn main() {
         }
         println!(
             "signatures: {} of {} neurons ({} validated, {} distinct true rows), worst 1-|cos| {:.2e}, \
-             {} queries (search {}, signatures {}, refine {}), {:.1} s, {} lines, {} critical points",
+             {} queries (search {}, signatures {}, refine {}), {:.1} s ({:.1} s in the target), {} lines, \
+             {} critical points",
             sig.neurons.len(),
             truth.fan_out(),
             sig.neurons.iter().filter(|n| n.validated).count(),
@@ -184,6 +186,7 @@ fn main() {
             sig.signature_queries,
             sig.refine_queries,
             secs,
+            oracle.target_seconds() - target0,
             sig.lines,
             sig.critical_points,
         );
@@ -204,7 +207,7 @@ fn main() {
             }
             unsigned.bias[r] *= s;
         }
-        let (q0, t0) = (oracle.queries(), Instant::now());
+        let (q0, t0, target0) = (oracle.queries(), Instant::now(), oracle.target_seconds());
         let out =
             sign_layer(&oracle, &known, &unsigned, last_hidden, &p, &mut rng).expect("sign_layer");
         let secs = t0.elapsed().as_secs_f64();
@@ -220,14 +223,16 @@ fn main() {
             );
         }
         println!(
-            "signs ({}): {} wrong of {} ({} of them not flagged), {} low-confidence, {} queries, {:.1} s",
+            "signs ({}): {} wrong of {} ({} of them not flagged), {} low-confidence, {} queries, {:.1} s \
+             ({:.1} s in the target)",
             out.method,
             wrong.len(),
             flips.len(),
             wrong_unflagged,
             low.len(),
             oracle.queries() - q0,
-            secs
+            secs,
+            oracle.target_seconds() - target0
         );
     }
 }
@@ -294,7 +299,7 @@ fn polish_stage(
             .collect(),
     );
     let half = scaled.line_half_length * scaled.origin_scale * (known.input_dim as f64).sqrt();
-    let (q0, t0) = (oracle.queries(), Instant::now());
+    let (q0, t0, target0) = (oracle.queries(), Instant::now(), oracle.target_seconds());
     let stats = netxray_extract::polish::polish(
         oracle,
         known,
@@ -316,10 +321,12 @@ fn polish_stage(
     let queries = oracle.queries() - q0;
     println!(
         "polish ({neurons} neurons, window {:e}, rows perturbed by {row_perturb:e}): \
-         {queries} queries ({:.1} per placed crossing), {secs:.1} s, placed {}, used {}, \
+         {queries} queries ({:.1} per placed crossing), {secs:.1} s ({:.1} s in the target), placed {}, \
+         used {}, \
          row error median / max {:.2e} / {:.2e} before, {:.2e} / {:.2e} after",
         scaled.projected_polish_window,
         queries as f64 / stats.placed.max(1) as f64,
+        oracle.target_seconds() - target0,
         stats.placed,
         stats.used,
         before.0,

@@ -116,6 +116,10 @@ pub struct ExtractionState {
     pub queries: u64,
     /// Wall seconds spent up to the last committed stage, over all runs.
     pub wall_seconds: f64,
+    /// Of `wall_seconds`, the seconds spent waiting for the target (0 in states written before this
+    /// field existed).
+    #[serde(default)]
+    pub target_seconds: f64,
     /// How many runs have worked on this extraction (1 for the first).
     pub runs: u32,
     /// The `--precision auto` measurement, once made.
@@ -653,6 +657,7 @@ mod tests {
             low_confidence_signs: vec![],
             queries: 7,
             wall_seconds: 1.0,
+            target_seconds: 0.5,
             runs: 1,
             precision_probe: None,
         };

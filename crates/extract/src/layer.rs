@@ -340,6 +340,8 @@ impl ProbePool {
             dropped,
             retired,
             waiting = self.waiting.len(),
+            queries = oracle.queries(),
+            target_s = oracle.target_seconds(),
             "screening"
         );
         Ok(out)
@@ -417,7 +419,12 @@ fn attach_or_measure<O: Oracle + ?Sized>(
                 to_measure.push(cp);
             }
         }
-        tracing::debug!(joined, measured = to_measure.len(), "screened partners");
+        tracing::debug!(
+            joined,
+            measured = to_measure.len(),
+            target_s = oracle.target_seconds(),
+            "screened partners"
+        );
     }
     measure_into_bank(oracle, known, lines, &to_measure, stencil, bank, tol, out)?;
     out.signature_queries += oracle.queries() - q0;
@@ -1241,6 +1248,7 @@ pub fn recover_layer<O: Oracle + ?Sized>(
             segments = segments.len(),
             critical_points = cps.len(),
             queries = oracle.queries() - q0,
+            target_s = oracle.target_seconds(),
             "line search"
         );
         // Line by line: attach for free where possible, measure the rest.
@@ -1367,6 +1375,7 @@ pub fn recover_layer<O: Oracle + ?Sized>(
                     segments = segs.len(),
                     critical_points = cps.len(),
                     queries = oracle.queries() - q0,
+                    target_s = oracle.target_seconds(),
                     "following search"
                 );
                 attach_or_measure(
@@ -1459,6 +1468,8 @@ pub fn recover_layer<O: Oracle + ?Sized>(
             width,
             estimates = bank.estimates.len(),
             random_lines = n_lines,
+            queries = oracle.queries(),
+            target_s = oracle.target_seconds(),
             "witness round"
         );
         following_paid = asked > 0 && done > done_before;

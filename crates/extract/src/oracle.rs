@@ -117,6 +117,8 @@ pub const MAX_BATCH_BYTES: usize = 32 << 20;
 pub struct CountingOracle<'a, O: Oracle + ?Sized> {
     inner: &'a O,
     used: AtomicU64,
+    /// Nanoseconds spent inside `inner.query_batch` (the target's own time, not the attack's).
+    target_nanos: AtomicU64,
     budget: Option<u64>,
     log: Mutex<VecDeque<(Vec<f64>, Vec<f64>)>>,
     log_capacity: usize,
@@ -128,6 +130,7 @@ impl<'a, O: Oracle + ?Sized> CountingOracle<'a, O> {
         Self {
             inner,
             used: AtomicU64::new(0),
+            target_nanos: AtomicU64::new(0),
             budget,
             log: Mutex::new(VecDeque::new()),
             log_capacity: DEFAULT_LOG_CAPACITY
@@ -145,6 +148,14 @@ impl<'a, O: Oracle + ?Sized> CountingOracle<'a, O> {
     /// Queries answered so far.
     pub fn queries(&self) -> u64 {
         self.used.load(Ordering::SeqCst)
+    }
+
+    /// Wall seconds spent waiting for the target's answers so far (all callers together; batches
+    /// sent from several threads at once are each counted in full). The rest of an extraction's
+    /// time is the attack's own computation, so this splits "the oracle is slow" from "the attack
+    /// is slow".
+    pub fn target_seconds(&self) -> f64 {
+        self.target_nanos.load(Ordering::Relaxed) as f64 * 1e-9
     }
 
     /// Input width of the target.
@@ -188,7 +199,10 @@ impl<'a, O: Oracle + ?Sized> CountingOracle<'a, O> {
                 used: before,
             });
         }
+        let started = std::time::Instant::now();
         let ys = self.inner.query_batch(xs)?;
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.target_nanos.fetch_add(nanos, Ordering::Relaxed);
         if ys.nrows() != xs.nrows() || ys.ncols() != self.output_dim() {
             return Err(OracleError::BadAnswer(format!(
                 "expected {}x{} answer, got {}x{}",
@@ -320,6 +334,42 @@ mod tests {
             c.query_points(&[vec![0.0; 2]]),
             Err(OracleError::BadShape { .. })
         ));
+    }
+
+    /// Answers after a fixed delay: the time a remote target would keep the attack waiting.
+    struct SlowOracle(NetworkOracle, std::time::Duration);
+
+    impl Oracle for SlowOracle {
+        fn input_dim(&self) -> usize {
+            self.0.input_dim()
+        }
+        fn output_dim(&self) -> usize {
+            self.0.output_dim()
+        }
+        fn query_batch(&self, xs: MatRef<'_, f64>) -> Result<Mat<f64>, OracleError> {
+            std::thread::sleep(self.1);
+            self.0.query_batch(xs)
+        }
+    }
+
+    #[test]
+    fn target_time_counts_answered_batches_only() {
+        let net = Network::random(&"3-4-2".parse::<Arch>().unwrap(), InitRecipe::He, 1);
+        let delay = std::time::Duration::from_millis(20);
+        let o = SlowOracle(NetworkOracle::new(net), delay);
+        let c = CountingOracle::new(&o, Some(4));
+        assert_eq!(c.target_seconds(), 0.0);
+        c.query_points(&vec![vec![0.5; 3]; 2]).unwrap();
+        c.query_points(&vec![vec![0.5; 3]; 2]).unwrap();
+        let waited = c.target_seconds();
+        assert!(waited >= 2.0 * delay.as_secs_f64(), "{waited}");
+        // Refused before the target is asked: over budget, wrong shape, NaN.
+        assert!(c.query_points(&[vec![0.5; 3]]).is_err());
+        let c2 = CountingOracle::new(&o, None);
+        assert!(c2.query_points(&[vec![0.5; 2]]).is_err());
+        assert!(c2.query_points(&[vec![f64::NAN; 3]]).is_err());
+        assert_eq!(c.target_seconds(), waited);
+        assert_eq!(c2.target_seconds(), 0.0);
     }
 
     #[test]

@@ -103,6 +103,11 @@ pub struct StageSeconds {
     pub signatures: f64,
     /// Sign recovery.
     pub sign: f64,
+    /// Of both stages together, the seconds spent waiting for the target's answers
+    /// ([`CountingOracle::target_seconds`]); the rest is the attack's own computation. Zero in
+    /// reports written before this field existed.
+    #[serde(default)]
+    pub target: f64,
 }
 
 /// The report of a whole extraction.
@@ -118,6 +123,10 @@ pub struct ExtractionReport {
     pub total_queries: u64,
     /// Total wall seconds.
     pub wall_seconds: f64,
+    /// Of `wall_seconds`, the seconds spent waiting for the target's answers, over all runs of a
+    /// resumed extraction. With `--resume` the journal sits between the attack and the target, so
+    /// its hashing and writing count here too, and answers replayed from it cost only the reading.
+    pub target_seconds: f64,
     /// Hidden layers.
     pub layers: Vec<LayerReport>,
     /// Queries of the output-layer fit.
@@ -379,6 +388,7 @@ pub fn extract_resumable<O: Oracle + ?Sized>(
         low_confidence_signs: Vec::new(),
         queries: 0,
         wall_seconds: 0.0,
+        target_seconds: 0.0,
         runs: 0,
         precision_probe: None,
     });
@@ -389,6 +399,7 @@ pub fn extract_resumable<O: Oracle + ?Sized>(
         d.commit(&state)?;
     }
     let earlier_seconds = state.wall_seconds;
+    let earlier_target_seconds = state.target_seconds;
     let resumed_queries = state.queries;
     let stage_oracle = match &dir {
         Some(d) => StageOracle::Journal(JournalOracle::open(
@@ -432,7 +443,7 @@ pub fn extract_resumable<O: Oracle + ?Sized>(
             layer: layer_no,
             width,
         });
-        let t0 = Instant::now();
+        let (t0, target0) = (Instant::now(), co.target_seconds());
         let last_hidden = layer_no == hidden.len();
         let sig = recover_layer(
             &co,
@@ -646,6 +657,7 @@ pub fn extract_resumable<O: Oracle + ?Sized>(
             seconds: StageSeconds {
                 signatures: sig_secs,
                 sign: t1.elapsed().as_secs_f64(),
+                target: co.target_seconds() - target0,
             },
             sign_method: signs.method.to_string(),
             brute_check,
@@ -680,6 +692,7 @@ pub fn extract_resumable<O: Oracle + ?Sized>(
         if let (Some(d), StageOracle::Journal(j)) = (&dir, &stage_oracle) {
             state.queries = co.queries();
             state.wall_seconds = earlier_seconds + start.elapsed().as_secs_f64();
+            state.target_seconds = earlier_target_seconds + co.target_seconds();
             d.commit(&state)?;
             j.begin_stage(known.layers.len() as u64)?;
         }
@@ -719,6 +732,7 @@ pub fn extract_resumable<O: Oracle + ?Sized>(
         params: p.clone(),
         total_queries: co.queries(),
         wall_seconds: earlier_seconds + start.elapsed().as_secs_f64(),
+        target_seconds: earlier_target_seconds + co.target_seconds(),
         layers: state.reports.clone(),
         output_queries,
         output_fit_residual: resid,
