@@ -133,8 +133,7 @@ fn main() {
         layer_no - 1
     );
     if stage == "signatures" || stage == "both" {
-        let (q0, t0) = (oracle.queries(), Instant::now());
-        let target0 = oracle.target_seconds();
+        let (q0, t0, target0) = (oracle.queries(), Instant::now(), oracle.target_seconds());
         let sig = recover_layer(
             &oracle,
             &known,

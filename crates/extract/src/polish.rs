@@ -142,7 +142,7 @@ const TRIM_STEPS: usize = 6;
 fn robust_fit(prior: &[f64], points: &[Vec<f64>], trim_fraction: f64) -> Option<Fitted> {
     let unknowns = prior.len();
     // `trim_fraction` 0.5 gives `points.len() / 2`, the rule before it was a parameter.
-    let half = ((points.len() as f64 * trim_fraction) as usize)
+    let trimmed = ((points.len() as f64 * trim_fraction) as usize)
         .max(unknowns + 1)
         .min(points.len());
     let by_distance = |theta: &[f64]| -> Vec<(f64, usize)> {
@@ -157,12 +157,12 @@ fn robust_fit(prior: &[f64], points: &[Vec<f64>], trim_fraction: f64) -> Option<
     let mut theta = prior.to_vec();
     let mut chosen: Vec<usize> = Vec::new();
     for _ in 0..TRIM_STEPS {
-        let mut best: Vec<usize> = by_distance(&theta)[..half]
+        let mut best: Vec<usize> = by_distance(&theta)[..trimmed]
             .iter()
             .map(|&(_, i)| i)
             .collect();
         best.sort_unstable();
-        // The same half gives the same fit: converged (an f64 prior usually is after one step).
+        // The same points give the same fit: converged (an f64 prior usually is after one step).
         if best == chosen {
             break;
         }
@@ -171,7 +171,7 @@ fn robust_fit(prior: &[f64], points: &[Vec<f64>], trim_fraction: f64) -> Option<
         chosen = best;
     }
     let d = by_distance(&theta);
-    let cut = (OUTLIER_FACTOR * d[half / 2].0).max(OUTLIER_FLOOR);
+    let cut = (OUTLIER_FACTOR * d[trimmed / 2].0).max(OUTLIER_FLOOR);
     let kept: Vec<Vec<f64>> = d
         .iter()
         .filter(|&&(di, _)| di <= cut)
