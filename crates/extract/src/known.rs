@@ -222,6 +222,34 @@ impl KnownPrefix {
         Some(m)
     }
 
+    /// The input-space gradient of `v · z_L`, where `z_L` are the last known layer's pre-activations,
+    /// with the ReLU pattern of `pre` (as [`Self::pre_activations`] gives it for every known layer):
+    /// one vector-Jacobian product, `Σ n_l·n_{l−1}` multiply-adds, where [`Self::local_full`] forms
+    /// every `n_l × d0` Jacobian (1.2 G multiply-adds behind seven 256-wide layers on 3072 inputs,
+    /// per step of a hyperplane-following walk). Rows of that Jacobian agree with it to rounding.
+    ///
+    /// # Panics
+    /// If nothing is known, or `pre`/`v` do not match the layers' widths.
+    pub fn input_gradient(&self, pre: &[Vec<f64>], v: &[f64]) -> Vec<f64> {
+        assert!(!self.layers.is_empty(), "no known layer to differentiate");
+        assert_eq!(pre.len(), self.layers.len(), "one pre-activation per layer");
+        let mut g = v.to_vec();
+        for (li, l) in self.layers.iter().enumerate().rev() {
+            assert_eq!(g.len(), l.fan_out(), "gradient width of layer {li}");
+            let gc = faer::Col::<f64>::from_fn(g.len(), |i| g[i]);
+            let back = l.weight.transpose() * &gc;
+            g = (0..l.fan_in()).map(|c| back[c]).collect();
+            if li > 0 {
+                for (gi, &z) in g.iter_mut().zip(&pre[li - 1]) {
+                    if z <= 0.0 {
+                        *gi = 0.0;
+                    }
+                }
+            }
+        }
+        g
+    }
+
     /// Smallest |pre-activation| / ‖gradient‖ over known neurons at `x`: the Euclidean distance to the
     /// nearest known boundary (exact for the first known layer, first order for the others).
     pub fn boundary_distance(&self, x: &[f64]) -> f64 {
@@ -394,6 +422,34 @@ fn next_layer_rows(l: &Layer, zs: &[Vec<f64>]) -> Vec<Vec<f64>> {
 mod tests {
     use super::*;
     use netxray_relu::{Arch, InitRecipe, Network};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha20Rng;
+
+    #[test]
+    fn input_gradient_is_a_row_of_the_full_jacobian() {
+        let net = Network::random(
+            &"9-7-6-5-1".parse::<Arch>().unwrap(),
+            InitRecipe::Balanced,
+            4,
+        );
+        let kp = KnownPrefix {
+            layers: net.layers()[..3].to_vec(),
+            input_dim: 9,
+        };
+        let mut rng = ChaCha20Rng::seed_from_u64(2);
+        for _ in 0..20 {
+            let x: Vec<f64> = (0..9).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let st = kp.local_full(&x);
+            let pre = kp.pre_activations(&x, 3);
+            let v: Vec<f64> = (0..5).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let g = kp.input_gradient(&pre, &v);
+            let dz = st.dpre.last().unwrap();
+            for c in 0..9 {
+                let want: f64 = (0..5).map(|r| v[r] * dz[(r, c)]).sum();
+                assert!((g[c] - want).abs() <= 1e-12, "coordinate {c}");
+            }
+        }
+    }
 
     #[test]
     fn local_full_equals_local_along_the_identity() {

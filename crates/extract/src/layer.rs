@@ -693,16 +693,16 @@ fn follow_to_units_ranked(
         let mut ms = vec![Mat::<f64>::identity(n1, n1)];
         for l in &known.layers[1..] {
             let z = pre.last().expect("a layer");
-            let mut dm = ms.last().expect("a layer").clone();
-            for (r, &v) in z.iter().enumerate() {
-                if v <= 0.0 {
-                    dm.row_mut(r).fill(0.0);
-                }
-            }
+            // Only the previous layer's active units pass derivatives on: the product runs over
+            // them alone (about half the `n³` of the full one).
+            let on: Vec<usize> = (0..z.len()).filter(|&r| z[r] > 0.0).collect();
+            let prev = ms.last().expect("a layer");
+            let w_on = Mat::<f64>::from_fn(l.fan_out(), on.len(), |r, c| l.weight[(r, on[c])]);
+            let m_on = Mat::<f64>::from_fn(on.len(), n1, |r, c| prev[(on[r], c)]);
             let h = faer::Col::<f64>::from_fn(z.len(), |i| z[i].max(0.0));
             let wh = &l.weight * &h;
             pre.push((0..l.fan_out()).map(|r| wh[r] + l.bias[r]).collect());
-            ms.push(&l.weight * &dm);
+            ms.push(&w_on * &m_on);
         }
         (pre, ms)
     };
@@ -836,6 +836,11 @@ fn follow_to_units_ranked(
     }
     None
 }
+
+/// One following walk's outcome: whether it reached all its units, and the line it gives (if any,
+/// after falling back to one unit) with the free segments near its origin, not yet stamped with the
+/// line's id.
+type WalkOutcome = (bool, Option<(Line, Vec<(usize, f64, f64)>)>);
 
 /// Walks one estimate gets per round at most when few estimates ask (see [`follow_chunks`]).
 const FOLLOW_WALKS_PER_ESTIMATE_MAX: usize = 8;
@@ -1312,56 +1317,97 @@ pub fn recover_layer<O: Oracle + ?Sized>(
             } else {
                 usize::MAX
             };
-            for (e, missing) in asks {
-                if follow_lines.len() >= MAX_FOLLOW_LINES_PER_ROUND {
-                    break;
-                }
-                if all_at_once {
-                    for chunk in follow_chunks(&missing, walks_each, chunk_max, rng) {
-                        if follow_lines.len() >= MAX_FOLLOW_LINES_PER_ROUND {
-                            break;
+            // Behind two or more known layers the end point sits among the boundaries of the units
+            // turned on *and* off, and the neuron's own kink is seldom in the origin's segment or
+            // the next.
+            let reach = if known.layers.len() >= 2 {
+                FOLLOW_SEGMENTS_AROUND_RANKED
+            } else {
+                FOLLOW_SEGMENTS_AROUND
+            };
+            let walk_clock = std::time::Instant::now();
+            if all_at_once {
+                // The walks are offline and independent, so they run on every core in batches of
+                // what the cap still allows; the random draws (chunks, anchors) and the order of the
+                // lines stay those of one walk after another, so the result does not depend on the
+                // number of threads. On layer 8 of the 3072-256×8-10 a round's walks took ~2
+                // minutes one at a time (session 27) and 44–54 s on both cores (session 28).
+                let mut next_ask = 0usize;
+                let mut chunks_left: Option<(usize, std::vec::IntoIter<Vec<usize>>)> = None;
+                loop {
+                    let room = MAX_FOLLOW_LINES_PER_ROUND.saturating_sub(follow_lines.len());
+                    let mut tasks: Vec<(&NeuronEstimate, &[f64], Vec<usize>)> = Vec::new();
+                    while tasks.len() < room {
+                        if let Some((ask, chunks)) = chunks_left.as_mut() {
+                            if let Some(chunk) = chunks.next() {
+                                let e = asks[*ask].0;
+                                let anchor = &e.anchors[rng.random_range(0..e.anchors.len())];
+                                tasks.push((e, anchor.as_slice(), chunk));
+                                continue;
+                            }
+                            chunks_left = None;
                         }
-                        let anchor = &e.anchors[rng.random_range(0..e.anchors.len())];
-                        let walked = match &first_map {
-                            Some(f) => follow_to_units_ranked(known, f, &e.theta, anchor, &chunk),
-                            None => follow_to_units(known, &e.theta, anchor, &chunk),
+                        let Some((_, missing)) = asks.get(next_ask) else {
+                            break;
                         };
-                        let found = match walked {
-                            Some(f) => {
-                                walks.0 += 1;
-                                Some(f)
-                            }
-                            None => {
-                                walks.1 += 1;
-                                follow_to_unit(known, &e.theta, anchor, chunk[0])
-                            }
-                        };
-                        if let Some((line, r)) = found {
-                            let id = lines.len() + follow_lines.len();
-                            let around = free_segments_in(known, &line, id, -r, r);
-                            // Behind two or more known layers the end point sits among the
-                            // boundaries of the units turned on *and* off, and the neuron's own
-                            // kink is seldom in the origin's segment or the next.
-                            let reach = if known.layers.len() >= 2 {
-                                FOLLOW_SEGMENTS_AROUND_RANKED
-                            } else {
-                                FOLLOW_SEGMENTS_AROUND
+                        let chunks = follow_chunks(missing, walks_each, chunk_max, rng);
+                        chunks_left = Some((next_ask, chunks.into_iter()));
+                        next_ask += 1;
+                    }
+                    if tasks.is_empty() {
+                        break;
+                    }
+                    use rayon::prelude::*;
+                    let walked: Vec<WalkOutcome> = tasks
+                        .par_iter()
+                        .map(|(e, anchor, chunk)| {
+                            let reached = match &first_map {
+                                Some(f) => {
+                                    follow_to_units_ranked(known, f, &e.theta, anchor, chunk)
+                                }
+                                None => follow_to_units(known, &e.theta, anchor, chunk),
                             };
-                            segs.extend(segments_around_origin(&around, reach));
+                            let ok = reached.is_some();
+                            let found = reached
+                                .or_else(|| follow_to_unit(known, &e.theta, anchor, chunk[0]));
+                            // Segments are stamped with the line's id once the order is known.
+                            let line = found.map(|(line, r)| {
+                                let around = free_segments_in(known, &line, 0, -r, r);
+                                let near = segments_around_origin(&around, reach);
+                                (line, near)
+                            });
+                            (ok, line)
+                        })
+                        .collect();
+                    for (ok, line) in walked {
+                        if ok {
+                            walks.0 += 1;
+                        } else {
+                            walks.1 += 1;
+                        }
+                        if let Some((line, near)) = line {
+                            let id = lines.len() + follow_lines.len();
+                            segs.extend(near.into_iter().map(|(_, a, b)| (id, a, b)));
                             follow_lines.push(line);
                         }
                     }
-                    continue;
                 }
-                for &k in missing.iter().take(FOLLOW_UNITS_PER_ESTIMATE) {
-                    let anchor = &e.anchors[rng.random_range(0..e.anchors.len())];
-                    if let Some((line, r)) = follow_to_unit(known, &e.theta, anchor, k) {
-                        let id = lines.len() + follow_lines.len();
-                        segs.extend(free_segments_in(known, &line, id, -r, r));
-                        follow_lines.push(line);
+            } else {
+                for (e, missing) in &asks {
+                    if follow_lines.len() >= MAX_FOLLOW_LINES_PER_ROUND {
+                        break;
+                    }
+                    for &k in missing.iter().take(FOLLOW_UNITS_PER_ESTIMATE) {
+                        let anchor = &e.anchors[rng.random_range(0..e.anchors.len())];
+                        if let Some((line, r)) = follow_to_unit(known, &e.theta, anchor, k) {
+                            let id = lines.len() + follow_lines.len();
+                            segs.extend(free_segments_in(known, &line, id, -r, r));
+                            follow_lines.push(line);
+                        }
                     }
                 }
             }
+            let walk_s = walk_clock.elapsed().as_secs_f64();
             if !segs.is_empty() {
                 let base = lines.len();
                 following.extend(std::iter::repeat_n(true, follow_lines.len()));
@@ -1398,6 +1444,7 @@ pub fn recover_layer<O: Oracle + ?Sized>(
                     following = lines.len() - base,
                     walks_reached = walks.0,
                     walks_fell_back = walks.1,
+                    walk_s,
                     asking,
                     lacking,
                     segments = segs.len(),

@@ -108,8 +108,8 @@ struct Geometry {
     margin_rates: Option<Arc<MarginRates>>,
 }
 
-/// `cond(J_A)` (s_min/s_max) from which [`gram_geometry`] computes the directions itself; below it the
-/// SVD of `J_A` does. The normal equations square the condition number: at 1e-4 the Gram matrix's
+/// `cond(J_A)` (s_min/s_max) from which [`gram_geometry`] computes the directions by the normal
+/// equations; below it [`svd_gram_geometry`] takes an SVD. The normal equations square the condition number: at 1e-4 the Gram matrix's
 /// 1e-8 leaves the once-refined directions at rounding level, and random nets' points sit far above
 /// it (the balanced 3072-256-256-256-10's second and third layers).
 const GRAM_COND_MIN: f64 = 1e-4;
@@ -118,7 +118,8 @@ const GRAM_COND_MIN: f64 = 1e-4;
 enum GramOutcome {
     /// The answer, as the SVD path would give it (up to rounding).
     Done(Option<Geometry>),
-    /// Too ill-conditioned for the normal equations, or a partial witness: the SVD path decides.
+    /// `W₁` too ill-conditioned for its Cholesky factor, or a degenerate result: the SVD of the
+    /// full Jacobian decides.
     Fallback,
 }
 
@@ -148,27 +149,13 @@ fn gram_geometry(
 ) -> GramOutcome {
     let d0 = known.input_dim;
     let w1 = &known.layers[0].weight;
-    let n1 = w1.nrows();
     // The prefix's own forward pass, so `h` and the active sets are those of the SVD path.
     let pre = known.pre_activations(x, known.layers.len());
-    // P of the layers so far (`width × n₁`); rank bound of J from the earlier layers.
-    let mut p = Mat::<f64>::zeros(0, n1);
-    let mut rank_bound = d0;
-    for (li, (l, z)) in known.layers.iter().zip(&pre).enumerate() {
-        let on: Vec<bool> = z.iter().map(|&v| v > 0.0).collect();
-        p = if li == 0 {
-            Mat::from_fn(n1, n1, |i, j| if i == j && on[i] { 1.0 } else { 0.0 })
-        } else {
-            let mut m = &l.weight * &p;
-            for (r, _) in on.iter().enumerate().filter(|(_, a)| !**a) {
-                m.row_mut(r).fill(0.0);
-            }
-            m
-        };
-        if li + 1 < known.layers.len() {
-            rank_bound = rank_bound.min(on.iter().filter(|a| **a).count());
-        }
-    }
+    // Rank bound of J from the earlier layers' active counts.
+    let rank_bound = pre[..pre.len() - 1]
+        .iter()
+        .map(|z| z.iter().filter(|&&v| v > 0.0).count())
+        .fold(d0, usize::min);
     let h: Vec<f64> = pre
         .last()
         .expect("a deeper layer has a known layer")
@@ -186,20 +173,29 @@ fn gram_geometry(
         None => (0..active.len()).collect(),
     };
     if coords.is_some() && (picked.is_empty() || active.len() > rank_bound) {
-        // No probe: nothing probed is active, or `J_A` is rank deficient (see `geometry`).
+        // No probe: nothing probed is active, or `J_A` is rank deficient (see `geometry`). Decided
+        // before `P` is formed: behind layer 7 of the 3072-256×8-10 nearly every kink is such a
+        // point, and `P` costs seven `256³` products.
         return GramOutcome::Done(None);
     }
+    let pa = first_layer_rows(known, &pre, &active);
+    let by_svd = h.len() * d0 >= FIRST_LAYER_SVD_MIN_JACOBIAN;
     if active.len() > rank_bound {
-        return GramOutcome::Fallback;
+        if !by_svd {
+            return GramOutcome::Fallback;
+        }
+        return svd_gram_geometry(w1, gram, &pa, active, &picked, coords.is_some(), h);
     }
-    let pa = Mat::<f64>::from_fn(active.len(), n1, |i, j| p[(active[i], j)]);
     let k = &pa * gram * pa.transpose();
     let Ok(ev) = k.self_adjoint_eigenvalues(faer::Side::Lower) else {
         return GramOutcome::Fallback;
     };
     let (lmin, lmax) = (ev[0], ev[ev.len() - 1]);
     if !(lmax > 0.0 && lmin > GRAM_COND_MIN * GRAM_COND_MIN * lmax) {
-        return GramOutcome::Fallback;
+        if !by_svd {
+            return GramOutcome::Fallback;
+        }
+        return svd_gram_geometry(w1, gram, &pa, active, &picked, coords.is_some(), h);
     }
     let Ok(llt) = k.llt(faer::Side::Lower) else {
         return GramOutcome::Fallback;
@@ -216,24 +212,166 @@ fn gram_geometry(
     // One refinement step: the residual of J_A u = e, computed as P_A (W₁ u).
     let res = &e - &pa * (w1 * &u);
     u += w1t * (pa.transpose() * llt.solve(&res));
-    let mut dirs = Mat::<f64>::zeros(d0, r);
-    let mut scale = vec![0.0; r];
-    for c in 0..r {
-        let nk = u.col(c).norm_l2();
-        if !(nk > 0.0 && nk.is_finite()) {
-            return GramOutcome::Fallback;
-        }
-        scale[c] = nk;
-        for i in 0..d0 {
-            dirs[(i, c)] = u[(i, c)] / nk;
-        }
-    }
+    let Some((dirs, scale)) = unit_columns(&u) else {
+        return GramOutcome::Fallback;
+    };
     GramOutcome::Done(Some(Geometry {
         active: picked.iter().map(|&k| active[k]).collect(),
         h,
         dirs: Dirs::Mat(Arc::new(dirs)),
         a_rows: Mat::<f64>::zeros(0, known.out_dim()),
         full_scale: Some(scale),
+        margin_rates: None,
+    }))
+}
+
+/// The columns of `m` scaled to unit length, and their lengths (the pseudo-inverse columns' scales a
+/// full witness needs); `None` if one is zero or not finite.
+fn unit_columns(m: &Mat<f64>) -> Option<(Mat<f64>, Vec<f64>)> {
+    let scale: Vec<f64> = (0..m.ncols()).map(|c| m.col(c).norm_l2()).collect();
+    if scale.iter().any(|&n| !(n > 0.0 && n.is_finite())) {
+        return None;
+    }
+    Some((
+        Mat::from_fn(m.nrows(), m.ncols(), |i, c| m[(i, c)] / scale[c]),
+        scale,
+    ))
+}
+
+/// `P_A`: the rows of the prefix's Jacobian with respect to the first layer's pre-activations `z₁`
+/// (`J = P W₁`) for the last layer's units `active`, with the ReLU pattern of `pre`.
+fn first_layer_rows(known: &KnownPrefix, pre: &[Vec<f64>], active: &[usize]) -> Mat<f64> {
+    let n1 = known.layers[0].fan_out();
+    let mut p = Mat::<f64>::zeros(0, n1);
+    for (li, (l, z)) in known.layers.iter().zip(pre).enumerate() {
+        let on: Vec<bool> = z.iter().map(|&v| v > 0.0).collect();
+        p = if li == 0 {
+            Mat::from_fn(n1, n1, |i, j| if i == j && on[i] { 1.0 } else { 0.0 })
+        } else {
+            let mut m = &l.weight * &p;
+            for (r, _) in on.iter().enumerate().filter(|(_, a)| !**a) {
+                m.row_mut(r).fill(0.0);
+            }
+            m
+        };
+    }
+    Mat::<f64>::from_fn(active.len(), n1, |i, j| p[(active[i], j)])
+}
+
+/// Smallest `s_min/s_max` of the first layer's `W₁` for which [`svd_gram_geometry`] works through
+/// its Cholesky factor: the factor's errors grow with `cond(W₁)²`, and at 1e-4 they stay near
+/// 1e-8 of the directions' orthogonality, well inside the stencil's own error. Random layers sit near
+/// 0.4 (256 × 3072: `(√3072 − √256)/(√3072 + √256)`).
+const GRAM_FACTOR_COND_MIN: f64 = 1e-4;
+
+/// Size of the full Jacobian (`dim × d0` entries) from which [`svd_gram_geometry`] replaces its SVD.
+/// On 3072 inputs behind 256-wide layers (786,432 entries) forming it and its SVD was ~40 % of a
+/// layer-8 round; on the acceptance nets it is small (12,544 entries on the 784-16×8-1, 100,352 on
+/// the 784-128-128-128-10) and the two paths differ only by rounding, but rounding is enough to
+/// change their course (session 28): with the new path everywhere, the balanced 784-16×8-1 at attack
+/// seed 1 flagged 14 of layer 7's 16 signs as low confidence, got that layer's rows wrong and failed
+/// verification (2.6e-1; seeds 2–5 passed on both paths), and the trained Fashion-MNIST net took
+/// 7,306,072 queries instead of 7,126,063 with the same outcome. Small Jacobians keep the path
+/// their acceptance runs were measured with.
+const FIRST_LAYER_SVD_MIN_JACOBIAN: usize = 1 << 19;
+
+/// [`geometry`]'s SVD path without the `dim × d0` Jacobian, for the points the normal equations of
+/// [`gram_geometry`] cannot take: `J_A` rank deficient (a partial witness) or ill-conditioned. With
+/// `W₁W₁ᵀ = L Lᵀ`, the columns of `Q = W₁ᵀ L⁻ᵀ` are orthonormal and `J_A = P_A W₁ = M Qᵀ` with
+/// `M = P_A L` (`|A| × n₁`): `J_A` and `M` have the same singular values, `J_A⁺ = Q M⁺`, and `Q`
+/// maps `M`'s right singular vectors `U` to `J_A`'s, so a partial witness's directions are
+/// `W₁ᵀ L⁻ᵀ U` and the rows they read `J_A Q U = M U`. The SVD is of an `n₁ × |A|` matrix instead of
+/// `d0 × |A|`, and no `dim × d0` product is formed. Behind layer 7 of the 3072-256×8-10 most kinks
+/// have about as many active units as the rank bound; the Jacobian with its SVD for each was ~40 %
+/// of a round (session 28). The decisions (pseudo-inverse condition above 1e-9, else a partial
+/// witness cut at 1e-9 of the largest singular value; no probe without full rank) are the SVD
+/// path's.
+fn svd_gram_geometry(
+    w1: &Mat<f64>,
+    gram: &Mat<f64>,
+    pa: &Mat<f64>,
+    active: Vec<usize>,
+    picked: &[usize],
+    probe: bool,
+    h: Vec<f64>,
+) -> GramOutcome {
+    let Ok(llt) = gram.llt(faer::Side::Lower) else {
+        return GramOutcome::Fallback;
+    };
+    let l = llt.L();
+    let diag = (0..l.nrows()).map(|i| l[(i, i)].abs());
+    let (dmin, dmax) = diag.fold((f64::INFINITY, 0.0_f64), |(a, b), d| (a.min(d), b.max(d)));
+    // The factor's diagonal bounds cond(L) = cond(W₁) from below; a bad ratio means `Q` would not
+    // be orthonormal.
+    if !(dmax > 0.0 && dmin > GRAM_FACTOR_COND_MIN * dmax) {
+        return GramOutcome::Fallback;
+    }
+    let m = pa * l;
+    let Ok(svd) = m.transpose().thin_svd() else {
+        return GramOutcome::Fallback;
+    };
+    // Mᵀ = U S Vᵀ (`n₁ × |A|`).
+    let s: Vec<f64> = svd.S().column_vector().iter().copied().collect();
+    let smax = s.iter().cloned().fold(0.0, f64::max);
+    let smin = s.iter().cloned().fold(f64::INFINITY, f64::min);
+    if !(smax > 0.0 && smax.is_finite()) {
+        return GramOutcome::Done(None);
+    }
+    let (u, v) = (svd.U(), svd.V());
+    // `W₁ᵀ L⁻ᵀ X`: input-space directions from first-layer-space columns.
+    let to_input = |mut x: Mat<f64>| -> Mat<f64> {
+        faer::linalg::triangular_solve::solve_upper_triangular_in_place(
+            l.transpose(),
+            x.as_mut(),
+            faer::Par::Seq,
+        );
+        w1.transpose() * &x
+    };
+    if s.len() == active.len() && smin > 1e-9 * smax {
+        // Full row rank: the pseudo-inverse's picked columns, `Q U S⁻¹ Vᵀ e_k`.
+        if picked.is_empty() {
+            return GramOutcome::Done(None);
+        }
+        let cols = Mat::<f64>::from_fn(u.nrows(), picked.len(), |i, c| {
+            (0..s.len())
+                .map(|j| u[(i, j)] * v[(picked[c], j)] / s[j])
+                .sum()
+        });
+        let Some((dirs, scale)) = unit_columns(&to_input(cols)) else {
+            return GramOutcome::Fallback;
+        };
+        return GramOutcome::Done(Some(Geometry {
+            active: picked.iter().map(|&k| active[k]).collect(),
+            a_rows: Mat::<f64>::zeros(0, h.len()),
+            h,
+            dirs: Dirs::Mat(Arc::new(dirs)),
+            full_scale: Some(scale),
+            margin_rates: None,
+        }));
+    }
+    if probe {
+        // No probe without full row rank (see `geometry`).
+        return GramOutcome::Done(None);
+    }
+    let r = s.iter().filter(|&&v| v > 1e-9 * smax).count();
+    let ur = u.subcols(0, r).to_owned();
+    let dirs = to_input(ur.clone());
+    if !dirs.col_iter().all(|c| c.iter().all(|v| v.is_finite())) {
+        return GramOutcome::Fallback;
+    }
+    let ju = &m * &ur;
+    let mut a_rows = Mat::<f64>::zeros(r, h.len());
+    for k in 0..r {
+        for (i, &a) in active.iter().enumerate() {
+            a_rows[(k, a)] = ju[(i, k)];
+        }
+    }
+    GramOutcome::Done(Some(Geometry {
+        h,
+        active,
+        dirs: Dirs::Mat(Arc::new(dirs)),
+        a_rows,
+        full_scale: None,
         margin_rates: None,
     }))
 }
@@ -762,8 +900,9 @@ mod tests {
     }
 
     /// The Gram path and the SVD path agree on the active units, the scales and the directions (to
-    /// rounding), for full measurements and probes, one and two known layers deep; and where one
-    /// gives no geometry, neither does the other.
+    /// rounding), for full measurements and probes, one and two known layers deep, and on the
+    /// subspace and rows of partial witnesses; and where one gives no geometry, neither does the
+    /// other.
     #[test]
     fn gram_geometry_matches_the_svd_path() {
         let net = Network::random(
@@ -773,6 +912,7 @@ mod tests {
         );
         let mut rng = ChaCha20Rng::seed_from_u64(3);
         let (mut compared, mut both_none, mut by_gram) = (0, 0, 0);
+        let (mut partial, mut by_svd_full) = (0, 0);
         for depth in 1..=2 {
             let known = KnownPrefix {
                 layers: net.layers()[..depth].to_vec(),
@@ -795,10 +935,57 @@ mod tests {
                             let (Dirs::Mat(fd), Dirs::Mat(sd)) = (&f.dirs, &s.dirs) else {
                                 panic!("deeper layers move along matrices");
                             };
+                            // The SVD in first-layer space (which takes the points the normal
+                            // equations cannot on wide nets), called directly: this net's
+                            // Jacobian is smaller than `FIRST_LAYER_SVD_MIN_JACOBIAN`.
+                            let by_svd = coords.is_none().then(|| {
+                                let pre = known.pre_activations(&x, depth);
+                                let pa = first_layer_rows(&known, &pre, &s.active);
+                                let all: Vec<usize> = (0..s.active.len()).collect();
+                                let GramOutcome::Done(Some(g)) = svd_gram_geometry(
+                                    &known.layers[0].weight,
+                                    &gram,
+                                    &pa,
+                                    s.active.clone(),
+                                    &all,
+                                    false,
+                                    s.h.clone(),
+                                ) else {
+                                    panic!("no geometry by the first-layer-space SVD");
+                                };
+                                g
+                            });
                             if s.full_scale.is_none() {
-                                // A partial witness: the fast path handed it to the SVD path.
+                                // A partial witness: the same subspace (the bases may differ by a
+                                // rotation), so the same rows read along it: `Σ_k u_k (J_A u_k)ᵀ` is
+                                // basis free.
                                 assert!(f.full_scale.is_none());
+                                let g = by_svd.expect("partial witnesses are full measurements");
+                                let Dirs::Mat(gd) = &g.dirs else {
+                                    panic!("deeper layers move along matrices");
+                                };
+                                assert!(g.full_scale.is_none());
+                                assert_eq!(g.a_rows.nrows(), s.a_rows.nrows(), "rank");
+                                let (gp, sp) = (&**gd * &g.a_rows, &**sd * &s.a_rows);
+                                let (gq, sq) = (&**gd * gd.transpose(), &**sd * sd.transpose());
+                                assert!((&gp - &sp).norm_max() <= 1e-10 * sp.norm_max(), "rows");
+                                assert!((&gq - &sq).norm_max() <= 1e-10, "directions");
+                                partial += 1;
                                 continue;
+                            }
+                            if let Some(g) = by_svd {
+                                // At full rank it gives the pseudo-inverse's directions too.
+                                let (Dirs::Mat(gd), Some(gs)) = (&g.dirs, &g.full_scale) else {
+                                    panic!("a full-rank point reads a full row");
+                                };
+                                let ss = s.full_scale.as_ref().unwrap();
+                                for c in 0..gs.len() {
+                                    assert!((gs[c] - ss[c]).abs() <= 1e-10 * ss[c], "scale {c}");
+                                    for i in 0..60 {
+                                        assert!((gd[(i, c)] - sd[(i, c)]).abs() <= 1e-10);
+                                    }
+                                }
+                                by_svd_full += 1;
                             }
                             let (fs, ss) = (f.full_scale.unwrap(), s.full_scale.unwrap());
                             for c in 0..fs.len() {
@@ -820,6 +1007,11 @@ mod tests {
             }
         }
         assert!(compared >= 40, "only {compared} full-rank points compared");
+        assert!(partial >= 5, "only {partial} partial points compared");
+        assert!(
+            by_svd_full >= 20,
+            "only {by_svd_full} full points by the first-layer-space SVD"
+        );
         assert!(by_gram >= 40, "the Gram path answered only {by_gram} times");
         assert!(
             both_none >= 1,
