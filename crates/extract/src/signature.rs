@@ -123,12 +123,28 @@ enum GramOutcome {
     Fallback,
 }
 
-/// `W₁ W₁ᵀ` of the first known layer (`n₁ × n₁`), for [`gram_geometry`]; `None` on the first layer.
-fn first_layer_gram(known: &KnownPrefix) -> Option<Mat<f64>> {
-    known
-        .layers
-        .first()
-        .map(|l| &l.weight * l.weight.transpose())
+/// What [`gram_geometry`] needs of the first known layer, computed once per batch of points.
+struct FirstLayerGram {
+    /// `W₁ W₁ᵀ` (`n₁ × n₁`).
+    gram: Mat<f64>,
+    /// Its Cholesky factor `L` (lower), for [`svd_gram_geometry`]; `None` when it fails or `W₁` is
+    /// too ill-conditioned for it (see [`GRAM_FACTOR_COND_MIN`]).
+    factor: Option<Mat<f64>>,
+}
+
+/// [`FirstLayerGram`] of the first known layer; `None` on the first layer.
+fn first_layer_gram(known: &KnownPrefix) -> Option<FirstLayerGram> {
+    let w1 = &known.layers.first()?.weight;
+    let gram = w1 * w1.transpose();
+    let factor = gram.llt(faer::Side::Lower).ok().and_then(|llt| {
+        let l = llt.L();
+        let diag = (0..l.nrows()).map(|i| l[(i, i)].abs());
+        let (dmin, dmax) = diag.fold((f64::INFINITY, 0.0_f64), |(a, b), d| (a.min(d), b.max(d)));
+        // The factor's diagonal bounds cond(L) = cond(W₁) from below; a bad ratio means
+        // `W₁ᵀ L⁻ᵀ` would not be orthonormal.
+        (dmax > 0.0 && dmin > GRAM_FACTOR_COND_MIN * dmax).then(|| l.to_owned())
+    });
+    Some(FirstLayerGram { gram, factor })
 }
 
 /// [`geometry`] of a deeper layer without the `dim × d0` Jacobian. The prefix's Jacobian at `x` is
@@ -143,7 +159,7 @@ fn first_layer_gram(known: &KnownPrefix) -> Option<Mat<f64>> {
 /// (or `d0`): a probe then gives nothing at once, without any algebra.
 fn gram_geometry(
     known: &KnownPrefix,
-    gram: &Mat<f64>,
+    gram: &FirstLayerGram,
     x: &[f64],
     coords: Option<&[usize]>,
 ) -> GramOutcome {
@@ -179,23 +195,26 @@ fn gram_geometry(
         return GramOutcome::Done(None);
     }
     let pa = first_layer_rows(known, &pre, &active);
-    let by_svd = h.len() * d0 >= FIRST_LAYER_SVD_MIN_JACOBIAN;
+    let factor = gram
+        .factor
+        .as_ref()
+        .filter(|_| h.len() * d0 >= FIRST_LAYER_SVD_MIN_JACOBIAN);
     if active.len() > rank_bound {
-        if !by_svd {
+        let Some(l) = factor else {
             return GramOutcome::Fallback;
-        }
-        return svd_gram_geometry(w1, gram, &pa, active, &picked, coords.is_some(), h);
+        };
+        return svd_gram_geometry(w1, l, &pa, active, &picked, coords.is_some(), h);
     }
-    let k = &pa * gram * pa.transpose();
+    let k = &pa * &gram.gram * pa.transpose();
     let Ok(ev) = k.self_adjoint_eigenvalues(faer::Side::Lower) else {
         return GramOutcome::Fallback;
     };
     let (lmin, lmax) = (ev[0], ev[ev.len() - 1]);
     if !(lmax > 0.0 && lmin > GRAM_COND_MIN * GRAM_COND_MIN * lmax) {
-        if !by_svd {
+        let Some(l) = factor else {
             return GramOutcome::Fallback;
-        }
-        return svd_gram_geometry(w1, gram, &pa, active, &picked, coords.is_some(), h);
+        };
+        return svd_gram_geometry(w1, l, &pa, active, &picked, coords.is_some(), h);
     }
     let Ok(llt) = k.llt(faer::Side::Lower) else {
         return GramOutcome::Fallback;
@@ -288,24 +307,13 @@ const FIRST_LAYER_SVD_MIN_JACOBIAN: usize = 1 << 19;
 /// path's.
 fn svd_gram_geometry(
     w1: &Mat<f64>,
-    gram: &Mat<f64>,
+    l: &Mat<f64>,
     pa: &Mat<f64>,
     active: Vec<usize>,
     picked: &[usize],
     probe: bool,
     h: Vec<f64>,
 ) -> GramOutcome {
-    let Ok(llt) = gram.llt(faer::Side::Lower) else {
-        return GramOutcome::Fallback;
-    };
-    let l = llt.L();
-    let diag = (0..l.nrows()).map(|i| l[(i, i)].abs());
-    let (dmin, dmax) = diag.fold((f64::INFINITY, 0.0_f64), |(a, b), d| (a.min(d), b.max(d)));
-    // The factor's diagonal bounds cond(L) = cond(W₁) from below; a bad ratio means `Q` would not
-    // be orthonormal.
-    if !(dmax > 0.0 && dmin > GRAM_FACTOR_COND_MIN * dmax) {
-        return GramOutcome::Fallback;
-    }
     let m = pa * l;
     let Ok(svd) = m.transpose().thin_svd() else {
         return GramOutcome::Fallback;
@@ -389,7 +397,7 @@ fn geometries(
     lines: &[Line],
     cps: &[CriticalPoint],
     coords: Option<&[usize]>,
-    gram: Option<&Mat<f64>>,
+    gram: Option<&FirstLayerGram>,
 ) -> Vec<Option<Geometry>> {
     use rayon::prelude::*;
     let at = |cp: &CriticalPoint| lines[cp.line].at(cp.t);
@@ -459,7 +467,7 @@ fn geometry(
     known: &KnownPrefix,
     x: &[f64],
     coords: Option<&[usize]>,
-    gram: Option<&Mat<f64>>,
+    gram: Option<&FirstLayerGram>,
 ) -> Option<Geometry> {
     let d0 = known.input_dim;
     if let Some(g) = gram
@@ -614,7 +622,7 @@ fn measure_chunk<O: Oracle + ?Sized>(
     cps: &[CriticalPoint],
     p: StencilParams,
     coords: Option<&[usize]>,
-    gram: Option<&Mat<f64>>,
+    gram: Option<&FirstLayerGram>,
 ) -> Result<Vec<Option<Witness>>, OracleError> {
     struct Job {
         geo: Geometry,
@@ -944,7 +952,9 @@ mod tests {
                                 let all: Vec<usize> = (0..s.active.len()).collect();
                                 let GramOutcome::Done(Some(g)) = svd_gram_geometry(
                                     &known.layers[0].weight,
-                                    &gram,
+                                    gram.factor
+                                        .as_ref()
+                                        .expect("a well-conditioned first layer"),
                                     &pa,
                                     s.active.clone(),
                                     &all,
