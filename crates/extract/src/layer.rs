@@ -686,50 +686,34 @@ fn follow_to_units_ranked(
     let ac = faer::Col::<f64>::from_fn(anchor.len(), |i| anchor[i]);
     let wa = &l1.weight * &ac;
     let z1_anchor: Vec<f64> = (0..n1).map(|u| wa[u] + l1.bias[u]).collect();
-    // Pre-activations of every known layer and their derivatives in z₁ (`width × n₁` each; the
-    // first is the identity).
-    let state = |z1: &[f64]| -> (Vec<Vec<f64>>, Vec<Mat<f64>>) {
+    // Pre-activations of every known layer (the first is `z₁` itself).
+    let forward = |z1: &[f64]| -> Vec<Vec<f64>> {
         let mut pre = vec![z1.to_vec()];
-        let mut ms = vec![Mat::<f64>::identity(n1, n1)];
         for l in &known.layers[1..] {
             let z = pre.last().expect("a layer");
-            // Only the previous layer's active units pass derivatives on: the product runs over
-            // them alone (about half the `n³` of the full one).
-            let on: Vec<usize> = (0..z.len()).filter(|&r| z[r] > 0.0).collect();
-            let prev = ms.last().expect("a layer");
-            let w_on = Mat::<f64>::from_fn(l.fan_out(), on.len(), |r, c| l.weight[(r, on[c])]);
-            let m_on = Mat::<f64>::from_fn(on.len(), n1, |r, c| prev[(on[r], c)]);
             let h = faer::Col::<f64>::from_fn(z.len(), |i| z[i].max(0.0));
             let wh = &l.weight * &h;
             pre.push((0..l.fan_out()).map(|r| wh[r] + l.bias[r]).collect());
-            ms.push(&w_on * &m_on);
         }
-        (pre, ms)
+        pre
     };
     let value = |pre: &[Vec<f64>]| -> f64 {
         let z = pre.last().expect("a layer");
         (0..dim).map(|k| theta[k] * z[k].max(0.0)).sum()
     };
-    let (pre0, _) = state(&z1_anchor);
-    let v0 = value(&pre0);
+    let v0 = value(&forward(&z1_anchor));
     let last = depth - 1;
     let mut z1 = z1_anchor.clone();
     let mut off: Vec<usize> = Vec::new();
     for _ in 0..FOLLOW_MAX_STEPS {
-        let (pre, ms) = state(&z1);
+        let pre = forward(&z1);
+        let lin = WalkLinearization::at(known, &pre);
         let z = &pre[last];
-        let m = &ms[last];
         // The hyperplane's normal in z₁ (the gradient of θ·h).
-        let normal: Vec<f64> = (0..n1)
-            .map(|c| {
-                (0..dim)
-                    .filter(|&k| z[k] > 0.0)
-                    .map(|k| theta[k] * m[(k, c)])
-                    .sum()
-            })
-            .collect();
+        let on_last: Vec<usize> = (0..dim).filter(|&k| z[k] > 0.0).collect();
+        let normal = lin.combined_row(last, &on_last, |i| theta[on_last[i]]);
         let off_plane = value(&pre) - v0;
-        let active = z.iter().filter(|&&v| v > 0.0).count();
+        let active = on_last.len();
         let bound = pre[..last]
             .iter()
             .map(|p| p.iter().filter(|&&v| v > 0.0).count())
@@ -777,24 +761,23 @@ fn follow_to_units_ranked(
             )
             .collect();
         let wrong_side = |on: bool, v: f64| if on { v <= 0.0 } else { v >= 0.0 };
-        let moved = |l: usize, u: usize, step: &[f64]| -> f64 {
-            (0..n1).map(|c| ms[l][(u, c)] * step[c]).sum()
-        };
         let mut set: Vec<usize> = (0..cons.len())
             .filter(|&i| wrong_side(cons[i].3, pre[cons[i].0][cons[i].1]))
             .collect();
+        // Each constraint's row of `∂pre/∂z₁`, computed when it first joins the set.
+        let mut rows: Vec<Option<Vec<f64>>> = vec![None; cons.len()];
         let mut step = vec![0.0; n1];
         for _ in 0..FOLLOW_ACTIVE_SET_PASSES {
-            let rows = set.len() + 1;
-            let a = Mat::<f64>::from_fn(rows, n1, |r, c| {
+            rows.resize(cons.len(), None);
+            lin.fill_rows(&cons, &set, &mut rows);
+            let a = Mat::<f64>::from_fn(set.len() + 1, n1, |r, c| {
                 if r < set.len() {
-                    let (l, u, _, _) = cons[set[r]];
-                    ms[l][(u, c)]
+                    rows[set[r]].as_ref().expect("filled above")[c]
                 } else {
                     normal[c]
                 }
             });
-            let b = Mat::<f64>::from_fn(rows, 1, |r, _| {
+            let b = Mat::<f64>::from_fn(set.len() + 1, 1, |r, _| {
                 if r < set.len() {
                     let (l, u, t, _) = cons[set[r]];
                     t - pre[l][u]
@@ -802,20 +785,23 @@ fn follow_to_units_ranked(
                     -off_plane
                 }
             });
-            let sol = crate::linalg::lstsq(&a, &b);
+            let sol = crate::linalg::lstsq_gram(&a, &b, FOLLOW_STEP_EIG_CUT)
+                .unwrap_or_else(|| crate::linalg::lstsq(&a, &b));
             step = (0..n1).map(|c| sol[(c, 0)]).collect();
+            // How every known pre-activation moves under the step (to first order).
+            let moved = lin.push_forward(&step);
             // Constrained units the step would push to the wrong side, and active earlier units
-            // it would turn off (to first order), join the set.
+            // it would turn off, join the set.
             let mut extra: Vec<usize> = (0..cons.len())
                 .filter(|i| {
                     let (l, u, _, on) = cons[*i];
-                    !set.contains(i) && wrong_side(on, pre[l][u] + moved(l, u, &step))
+                    !set.contains(i) && wrong_side(on, pre[l][u] + moved[l][u])
                 })
                 .collect();
             for (l, p) in pre[..last].iter().enumerate() {
                 for (u, &v) in p.iter().enumerate() {
                     if v > 0.0
-                        && v + moved(l, u, &step) <= 0.0
+                        && v + moved[l][u] <= 0.0
                         && !cons.iter().any(|&(cl, cu, _, _)| cl == l && cu == u)
                     {
                         cons.push((l, u, 0.5 * v, true));
@@ -835,6 +821,134 @@ fn follow_to_units_ranked(
         z1.iter_mut().zip(&step).for_each(|(zi, si)| *zi += si);
     }
     None
+}
+
+/// The known prefix linearized at one point of a following walk, in the first layer's
+/// pre-activation space `z₁`: `∂pre_l/∂z₁ = W_l D_{l−1} ⋯ W_2 D_1` (`D` the 0/1 masks of the active
+/// units).
+///
+/// Why not the full products: a walk step needs the rows of a few constrained units (tens), the
+/// normal (one combined row) and how every unit moves under the step (a Jacobian-vector product).
+/// Forming every layer's `width × n₁` product took seven `256 × 128 × 256` GEMMs per step on the
+/// 3072-256×8-10's layer 8 (session 29); rows are pulled back through the active blocks alone.
+struct WalkLinearization<'a> {
+    known: &'a KnownPrefix,
+    /// Active units of each layer's pre-activation (`pre[l] > 0`).
+    on: Vec<Vec<usize>>,
+    /// `W_l[on_l, on_{l−1}]` for `l ≥ 1` (index 0 unused): the blocks every pulled-back row crosses.
+    blocks: Vec<Mat<f64>>,
+}
+
+impl<'a> WalkLinearization<'a> {
+    fn at(known: &'a KnownPrefix, pre: &[Vec<f64>]) -> Self {
+        let on: Vec<Vec<usize>> = pre
+            .iter()
+            .map(|p| (0..p.len()).filter(|&u| p[u] > 0.0).collect())
+            .collect();
+        let mut blocks = vec![Mat::<f64>::zeros(0, 0)];
+        // The last layer's block is never crossed (rows start there), so it is not formed.
+        for l in 1..pre.len().saturating_sub(1) {
+            let w = &known.layers[l].weight;
+            blocks.push(Mat::<f64>::from_fn(on[l].len(), on[l - 1].len(), |r, c| {
+                w[(on[l][r], on[l - 1][c])]
+            }));
+        }
+        Self { known, on, blocks }
+    }
+
+    /// Rows of `∂pre_l/∂z₁` for `units` of layer `l` (`|units| × n₁`), or with `weights` their
+    /// weighted sum (`1 × n₁`).
+    fn pull_back(
+        &self,
+        l: usize,
+        units: &[usize],
+        weights: Option<&dyn Fn(usize) -> f64>,
+    ) -> Mat<f64> {
+        let n1 = self.known.layers[0].fan_out();
+        if l == 0 {
+            // Rows of the identity.
+            let m = match weights {
+                Some(wt) => Mat::<f64>::from_fn(1, units.len(), |_, i| wt(i)),
+                None => Mat::<f64>::identity(units.len(), units.len()),
+            };
+            return scatter_columns(&m, units, n1);
+        }
+        // The rows on the columns of `on[l − 1]`, then back through each earlier active block.
+        let w = &self.known.layers[l].weight;
+        let prev = &self.on[l - 1];
+        let mut r = match weights {
+            Some(wt) => Mat::<f64>::from_fn(1, prev.len(), |_, c| {
+                units
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &u)| wt(i) * w[(u, prev[c])])
+                    .sum()
+            }),
+            None => Mat::<f64>::from_fn(units.len(), prev.len(), |i, c| w[(units[i], prev[c])]),
+        };
+        for j in (1..l).rev() {
+            r = &r * &self.blocks[j];
+        }
+        scatter_columns(&r, &self.on[0], n1)
+    }
+
+    /// `Σᵢ weight(i) · ∂pre_l[units[i]]/∂z₁`.
+    fn combined_row(&self, l: usize, units: &[usize], weight: impl Fn(usize) -> f64) -> Vec<f64> {
+        let m = self.pull_back(l, units, Some(&weight));
+        (0..m.ncols()).map(|c| m[(0, c)]).collect()
+    }
+
+    /// Fills `rows[i]` for every constraint `i` in `set` that has none yet, one batch per layer.
+    fn fill_rows(
+        &self,
+        cons: &[(usize, usize, f64, bool)],
+        set: &[usize],
+        rows: &mut [Option<Vec<f64>>],
+    ) {
+        let mut by_layer: Vec<Vec<usize>> = vec![Vec::new(); self.on.len()];
+        for &i in set {
+            if rows[i].is_none() {
+                by_layer[cons[i].0].push(i);
+            }
+        }
+        for (l, idx) in by_layer.iter().enumerate().filter(|(_, v)| !v.is_empty()) {
+            let units: Vec<usize> = idx.iter().map(|&i| cons[i].1).collect();
+            let m = self.pull_back(l, &units, None);
+            for (r, &i) in idx.iter().enumerate() {
+                rows[i] = Some((0..m.ncols()).map(|c| m[(r, c)]).collect());
+            }
+        }
+    }
+
+    /// `∂pre_l/∂z₁ · step` for every layer `l` (forward through the active units).
+    fn push_forward(&self, step: &[f64]) -> Vec<Vec<f64>> {
+        let mut out = vec![step.to_vec()];
+        for l in 1..self.on.len() {
+            let w = &self.known.layers[l].weight;
+            let d = out.last().expect("a layer");
+            let mut next = vec![0.0; w.nrows()];
+            // Column by column: faer matrices are column-major.
+            for &c in &self.on[l - 1] {
+                let (col, dc) = (w.col(c), d[c]);
+                next.iter_mut()
+                    .zip(col.iter())
+                    .for_each(|(o, &v)| *o += v * dc);
+            }
+            out.push(next);
+        }
+        out
+    }
+}
+
+/// `m`'s columns placed at `cols` of an `m.nrows() × n` matrix, zero elsewhere.
+fn scatter_columns(m: &Mat<f64>, cols: &[usize], n: usize) -> Mat<f64> {
+    let mut out = Mat::<f64>::zeros(m.nrows(), n);
+    for (c, &u) in cols.iter().enumerate() {
+        for i in 0..m.nrows() {
+            out[(i, u)] = m[(i, c)];
+        }
+    }
+    out
 }
 
 /// One following walk's outcome: whether it reached all its units, and the line it gives (if any,
@@ -885,6 +999,17 @@ fn follow_chunks(
 
 /// Rounds of the active-set loop of [`follow_to_units_ranked`] per step.
 const FOLLOW_ACTIVE_SET_PASSES: usize = 8;
+
+/// Eigenvalues of the Gram matrix of a walk step's constraints (see [`crate::linalg::lstsq_gram`])
+/// below this fraction of the largest are dropped: constraints whose rows are within ~3e-7 (the
+/// square root) of being dependent give no step along their difference.
+///
+/// Why the Gram path: the thin SVDs of each step's systems (up to 8 active-set passes a step, often
+/// with more constraints than `n₁` once the earlier layers' holds join, and mostly rank deficient)
+/// were ~80 % of the walks' time on the 3072-256×8-10's layer 8 (session 29, `perf`). Why 1e-13:
+/// the eigenvalues of the Gram matrix carry an absolute error of ~`size · ε` of the largest (~6e-14
+/// at 256), so a smaller cut would keep noise.
+const FOLLOW_STEP_EIG_CUT: f64 = 1e-13;
 
 /// Missing units one following walk turns on behind two or more known layers (see
 /// [`follow_to_units_ranked`]): each one turned on must be paid for by a known one turned off.
@@ -2023,6 +2148,78 @@ mod tests {
 
     /// Behind two known layers the walk turns the asked units on while keeping no more active units
     /// in the last known layer than in the first (minus the slack), and lands on the hyperplane.
+    /// The walk's pulled-back rows, combined row and pushed-forward step agree with the full
+    /// products `∂pre_l/∂z₁ = W_l D_{l−1} ∂pre_{l−1}/∂z₁` they replace.
+    #[test]
+    fn walk_linearization_matches_the_full_products() {
+        use netxray_relu::{Arch, InitRecipe, Network};
+        let net = Network::random(
+            &"30-12-10-9-7-1".parse::<Arch>().unwrap(),
+            InitRecipe::Balanced,
+            11,
+        );
+        let known = KnownPrefix {
+            layers: net.layers()[..4].to_vec(),
+            input_dim: 30,
+        };
+        let mut rng = ChaCha20Rng::seed_from_u64(12);
+        let z1: Vec<f64> = (0..12)
+            .map(|_| rng.sample::<f64, _>(StandardNormal))
+            .collect();
+        let mut pre = vec![z1.clone()];
+        let mut full = vec![Mat::<f64>::identity(12, 12)];
+        for l in &known.layers[1..] {
+            let z = pre.last().unwrap();
+            let mask = Mat::<f64>::from_fn(z.len(), z.len(), |r, c| {
+                f64::from(u8::from(r == c && z[r] > 0.0))
+            });
+            let h: Vec<f64> = z.iter().map(|v| v.max(0.0)).collect();
+            pre.push(
+                (0..l.fan_out())
+                    .map(|r| (0..h.len()).map(|c| l.weight[(r, c)] * h[c]).sum::<f64>() + l.bias[r])
+                    .collect(),
+            );
+            let next = &l.weight * &mask * full.last().unwrap();
+            full.push(next);
+        }
+        assert!(
+            pre.iter().all(|p| p.iter().any(|&v| v > 0.0)),
+            "a live path"
+        );
+        let lin = WalkLinearization::at(&known, &pre);
+        let step: Vec<f64> = (0..12)
+            .map(|_| rng.sample::<f64, _>(StandardNormal))
+            .collect();
+        let moved = lin.push_forward(&step);
+        for (l, m) in full.iter().enumerate() {
+            let units: Vec<usize> = (0..m.nrows()).rev().step_by(2).collect();
+            let rows = lin.pull_back(l, &units, None);
+            let weights = [0.7, -1.3, 0.2, 2.0, -0.4, 1.1, 0.9];
+            let combined = lin.combined_row(l, &units, |i| weights[i]);
+            for c in 0..12 {
+                for (i, &u) in units.iter().enumerate() {
+                    assert!(
+                        (rows[(i, c)] - m[(u, c)]).abs() < 1e-12,
+                        "layer {l} row {u}"
+                    );
+                }
+                let want: f64 = units
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &u)| weights[i] * m[(u, c)])
+                    .sum();
+                assert!((combined[c] - want).abs() < 1e-12, "layer {l} combined");
+            }
+            for u in 0..m.nrows() {
+                let want: f64 = (0..12).map(|c| m[(u, c)] * step[c]).sum();
+                assert!(
+                    (moved[l][u] - want).abs() < 1e-12,
+                    "layer {l} unit {u} moved"
+                );
+            }
+        }
+    }
+
     #[test]
     fn ranked_following_activates_the_units_and_keeps_the_control_rank() {
         use netxray_relu::{Arch, InitRecipe, Network};

@@ -68,6 +68,59 @@ pub fn lstsq(a: &Mat<f64>, b: &Mat<f64>) -> Mat<f64> {
     v * &scaled
 }
 
+/// Minimum-norm least-squares solution of `a x ≈ b` (`a` is `r × n`) through the eigen-decomposition
+/// of the smaller Gram matrix: `x = aᵀ U Λ⁺ Uᵀ b` with `a aᵀ = U Λ Uᵀ` when `r < n`, `x = V Λ⁺ Vᵀ aᵀ b`
+/// with `aᵀ a = V Λ Vᵀ` otherwise; eigenvalues below `eig_cut` of the largest are dropped. `None`
+/// when `a` is empty, all zero or not finite.
+///
+/// Why: a thin SVD costs a QR plus a bidiagonalisation, while the Gram matrix is one GEMM and its
+/// symmetric eigen-decomposition works on `min(r, n)²` alone. The price is precision: the Gram
+/// matrix squares the condition number, so directions with singular values below ~`sqrt(eig_cut)`
+/// of the largest are dropped instead of amplified. For a step that only has to move a walk
+/// towards its constraints (the hyperplane-following walks of `layer.rs`) that is a
+/// regularisation, not a loss: nearly dependent constraints are nearly redundant, and the SVD
+/// path turned them into huge steps.
+pub fn lstsq_gram(a: &Mat<f64>, b: &Mat<f64>, eig_cut: f64) -> Option<Mat<f64>> {
+    let (r, n) = (a.nrows(), a.ncols());
+    if r == 0 || n == 0 || b.nrows() != r {
+        return None;
+    }
+    let wide = r < n;
+    let g = if wide {
+        a * a.transpose()
+    } else {
+        a.transpose() * a
+    };
+    let eig = g.self_adjoint_eigen(faer::Side::Lower).ok()?;
+    let lambda: Vec<f64> = eig.S().column_vector().iter().copied().collect();
+    let lmax = lambda.iter().fold(0.0_f64, |m, &v| m.max(v));
+    if !(lmax > 0.0 && lmax.is_finite()) {
+        return None;
+    }
+    let u = eig.U();
+    // `Uᵀ c` for the right-hand side in the Gram matrix's space (`b`, or `aᵀ b` when tall).
+    let utc = if wide {
+        u.transpose() * b
+    } else {
+        u.transpose() * (a.transpose() * b)
+    };
+    let scaled = Mat::<f64>::from_fn(lambda.len(), b.ncols(), |k, j| {
+        if lambda[k] > eig_cut * lmax {
+            utc[(k, j)] / lambda[k]
+        } else {
+            0.0
+        }
+    });
+    let x = if wide {
+        a.transpose() * (u * scaled)
+    } else {
+        u * scaled
+    };
+    (0..x.ncols())
+        .all(|j| x.col(j).iter().all(|v| v.is_finite()))
+        .then_some(x)
+}
+
 /// Whether the R factor of `a` has no negligible diagonal entry.
 fn full_rank(a: &Mat<f64>) -> bool {
     let qr = a.qr();
@@ -136,5 +189,41 @@ mod tests {
         assert!(res < 1e-14);
         assert!(gap > 0.1);
         assert!((x[0] - x[1]).abs() < 1e-12 && (x[1] - x[2]).abs() < 1e-12);
+    }
+
+    #[test]
+    fn lstsq_gram_matches_the_svd_solution() {
+        // A wide, rank-deficient system (row 3 = row 1 + row 2) with a consistent right-hand side:
+        // both paths must give the minimum-norm solution.
+        let rows = [
+            [1.0, 2.0, 0.5, -1.0, 0.3],
+            [0.0, 1.0, -1.0, 2.0, 0.7],
+            [1.0, 3.0, -0.5, 1.0, 1.0],
+            [0.2, -0.4, 1.1, 0.0, -2.0],
+        ];
+        let a = Mat::<f64>::from_fn(4, 5, |i, k| rows[i][k]);
+        let x_true = Mat::<f64>::from_fn(5, 1, |i, _| [0.3, -1.2, 0.8, 0.1, 0.5][i]);
+        let b = &a * &x_true;
+        let close = |x: &Mat<f64>, y: &Mat<f64>| {
+            x.nrows() == y.nrows() && (0..x.nrows()).all(|i| (x[(i, 0)] - y[(i, 0)]).abs() < 1e-10)
+        };
+        let via_gram = lstsq_gram(&a, &b, 1e-13).expect("a solution");
+        assert!(close(&lstsq(&a, &b), &via_gram));
+        assert!((&a * &via_gram - &b).norm_l2() < 1e-10 * b.norm_l2());
+        // Tall and rank deficient (column 5 = column 1 − column 2), inconsistent: the
+        // minimum-norm least-squares solution, as through the SVD.
+        let mut t = Mat::<f64>::from_fn(7, 5, |i, k| {
+            ((3 * i + 5 * k) % 7) as f64 - 2.5 + 0.1 * k as f64
+        });
+        for i in 0..7 {
+            t[(i, 4)] = t[(i, 0)] - t[(i, 1)];
+        }
+        let bt = Mat::<f64>::from_fn(7, 1, |i, _| (i as f64).sin());
+        assert!(close(
+            &lstsq(&t, &bt),
+            &lstsq_gram(&t, &bt, 1e-13).expect("a solution")
+        ));
+        // An all-zero system has none.
+        assert!(lstsq_gram(&Mat::zeros(2, 5), &Mat::zeros(2, 1), 1e-13).is_none());
     }
 }
