@@ -710,13 +710,13 @@ fn follow_to_units_ranked(
         let lin = WalkLinearization::at(known, &pre);
         let z = &pre[last];
         // The hyperplane's normal in z₁ (the gradient of θ·h).
-        let on_last: Vec<usize> = (0..dim).filter(|&k| z[k] > 0.0).collect();
-        let normal = lin.combined_row(last, &on_last, |i| theta[on_last[i]]);
+        let on_last = &lin.on[last];
+        let normal = lin.combined_row(last, on_last, |i| theta[on_last[i]]);
         let off_plane = value(&pre) - v0;
         let active = on_last.len();
-        let bound = pre[..last]
+        let bound = lin.on[..last]
             .iter()
-            .map(|p| p.iter().filter(|&&v| v > 0.0).count())
+            .map(Vec::len)
             .min()
             .unwrap_or(known.input_dim);
         let rank_room = bound as i64 - FOLLOW_RANK_SLACK as i64 - active as i64;
@@ -2146,8 +2146,6 @@ mod tests {
         );
     }
 
-    /// Behind two known layers the walk turns the asked units on while keeping no more active units
-    /// in the last known layer than in the first (minus the slack), and lands on the hyperplane.
     /// The walk's pulled-back rows, combined row and pushed-forward step agree with the full
     /// products `∂pre_l/∂z₁ = W_l D_{l−1} ∂pre_{l−1}/∂z₁` they replace.
     #[test]
@@ -2220,6 +2218,8 @@ mod tests {
         }
     }
 
+    /// Behind two known layers the walk turns the asked units on while keeping no more active units
+    /// in the last known layer than in the first (minus the slack), and lands on the hyperplane.
     #[test]
     fn ranked_following_activates_the_units_and_keeps_the_control_rank() {
         use netxray_relu::{Arch, InitRecipe, Network};
