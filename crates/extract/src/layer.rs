@@ -270,7 +270,14 @@ impl ProbePool {
         pair_up: bool,
     ) -> Result<Screened, ExtractError> {
         use rayon::prelude::*;
+        // Wall time of the probes (their geometry and queries) and of the comparisons, logged so a
+        // profile of a round can be read from the log alone.
+        let clock = std::time::Instant::now();
+        let target_before = oracle.target_seconds();
         let probes = measure_on(oracle, known, lines, &cps, stencil, Some(&self.coords))?;
+        let probe_s = clock.elapsed().as_secs_f64();
+        let probe_target_s = oracle.target_seconds() - target_before;
+        let clock = std::time::Instant::now();
         let mut out = Screened::default();
         // Probes that gave no row (stencils never linear, or not one kink): ~2.5 % per line on a
         // 3072-256×8-10's first layer; logged so that a jump in it shows up.
@@ -340,6 +347,9 @@ impl ProbePool {
             dropped,
             retired,
             waiting = self.waiting.len(),
+            probe_s,
+            probe_target_s,
+            compare_s = clock.elapsed().as_secs_f64(),
             queries = oracle.queries(),
             target_s = oracle.target_seconds(),
             "screening"
@@ -389,6 +399,8 @@ fn attach_or_measure<O: Oracle + ?Sized>(
             .collect()
     };
     let mut to_measure = Vec::new();
+    let clock = std::time::Instant::now();
+    let n_points = cps.len();
     let inputs = layer_inputs(&cps);
     for (cp, h) in cps.into_iter().zip(inputs) {
         if bank.attach_point(&h, cp.line, tol) {
@@ -397,7 +409,16 @@ fn attach_or_measure<O: Oracle + ?Sized>(
             to_measure.push(cp);
         }
     }
+    let attach_s = clock.elapsed().as_secs_f64();
+    let clock = std::time::Instant::now();
     bank.solve_dirty();
+    tracing::debug!(
+        points = n_points,
+        attached = n_points - to_measure.len(),
+        attach_s,
+        solve_s = clock.elapsed().as_secs_f64(),
+        "attached by the plane test"
+    );
     let q0 = oracle.queries();
     if let Some(pool) = pool {
         let screened = pool.screen(oracle, known, lines, to_measure, stencil, bank, pair_up)?;
@@ -443,13 +464,31 @@ fn measure_into_bank<O: Oracle + ?Sized>(
     tol: &BankTol,
     out: &mut LayerSignatures,
 ) -> Result<(), ExtractError> {
-    for w in measure(oracle, known, lines, cps, stencil)?
-        .into_iter()
-        .flatten()
-    {
+    if cps.is_empty() {
+        return Ok(());
+    }
+    // Wall time of the measurement (geometry and queries) and of the bank's serial joins, logged
+    // so a profile of a round can be read from the log alone.
+    let clock = std::time::Instant::now();
+    let target_before = oracle.target_seconds();
+    let witnesses = measure(oracle, known, lines, cps, stencil)?;
+    let measure_s = clock.elapsed().as_secs_f64();
+    let measure_target_s = oracle.target_seconds() - target_before;
+    let clock = std::time::Instant::now();
+    let mut usable = 0usize;
+    for w in witnesses.into_iter().flatten() {
+        usable += 1;
         out.measured_witnesses += 1;
         bank.add_witness(&w, tol);
     }
+    tracing::debug!(
+        points = cps.len(),
+        usable,
+        measure_s,
+        measure_target_s,
+        bank_s = clock.elapsed().as_secs_f64(),
+        "measured into the bank"
+    );
     Ok(())
 }
 
@@ -500,22 +539,95 @@ fn input_normal(theta: &[f64], st: &crate::known::LocalState) -> Option<(Vec<f64
     (gn > 0.0).then(|| (g.iter().map(|v| v / gn).collect(), gn))
 }
 
+/// [`input_normal`] from the prefix's pre-activations at the point (as
+/// [`KnownPrefix::pre_activations`] gives them for every known layer): one vector-Jacobian product
+/// ([`KnownPrefix::input_gradient`]) instead of every layer's full Jacobian. Behind seven 256-wide
+/// layers on 3072 inputs that is ~1.2 M multiply-adds instead of ~1.2 G, and `follow_to_unit`, the
+/// fallback of a quarter of a deep layer's walks, formed those Jacobians at every step (session 30).
+/// Agrees with [`input_normal`] to rounding.
+fn input_normal_at(
+    known: &KnownPrefix,
+    theta: &[f64],
+    pre: &[Vec<f64>],
+) -> Option<(Vec<f64>, f64)> {
+    let g = match pre.last() {
+        // Nothing known: `h` is the input itself.
+        None => theta[..known.input_dim].to_vec(),
+        Some(z) => {
+            let v: Vec<f64> = z
+                .iter()
+                .zip(theta)
+                .map(|(&zr, &t)| if zr > 0.0 { t } else { 0.0 })
+                .collect();
+            known.input_gradient(pre, &v)
+        }
+    };
+    let gn = norm(&g);
+    (gn > 0.0).then(|| (g.iter().map(|v| v / gn).collect(), gn))
+}
+
 /// Walks from `anchor` (on the hyperplane of the estimate `theta`) along that hyperplane until unit
 /// `unit` of the known prefix turns active, and returns a short line through the end point along the
 /// estimate's normal, with its half length. Offline: no queries.
+///
+/// Behind a prefix whose full Jacobian is large ([`jacobian_free`]) each step is one forward pass
+/// and two vector-Jacobian products (the normal, and the unit's gradient); on smaller prefixes it
+/// forms the Jacobians, as the acceptance runs were measured with (the two differ by rounding, and
+/// rounding alone changes a small net's course: see [`crate::signature`]'s
+/// `FIRST_LAYER_SVD_MIN_JACOBIAN`).
 fn follow_to_unit(
     known: &KnownPrefix,
     theta: &[f64],
     anchor: &[f64],
     unit: usize,
 ) -> Option<(Line, f64)> {
+    follow_to_unit_by(known, theta, anchor, unit, jacobian_free(known))
+}
+
+/// [`follow_to_unit`] with the choice of vector-Jacobian products (`by_products`) or full Jacobians
+/// made by the caller.
+fn follow_to_unit_by(
+    known: &KnownPrefix,
+    theta: &[f64],
+    anchor: &[f64],
+    unit: usize,
+    by_products: bool,
+) -> Option<(Line, f64)> {
     let d0 = known.input_dim;
     let mut x = anchor.to_vec();
     let mut travelled: f64 = 0.0;
     for _ in 0..FOLLOW_MAX_STEPS {
-        let st = known.local_full(&x);
-        let (ghat, _) = input_normal(theta, &st)?;
-        if st.h[unit] > 0.0 {
+        // The normal, the unit's pre-activation, and its gradient (`None` once the unit is on).
+        let (ghat, zk, dz) = if by_products {
+            let pre = known.pre_activations(&x, known.layers.len());
+            let (ghat, _) = input_normal_at(known, theta, &pre)?;
+            let zk = match pre.last() {
+                Some(z) => z[unit],
+                // The input's own coordinate: nothing to walk along.
+                None if x[unit] <= 0.0 => return None,
+                None => x[unit],
+            };
+            let dz = (zk <= 0.0).then(|| {
+                let mut pick = vec![0.0; known.out_dim()];
+                pick[unit] = 1.0;
+                known.input_gradient(&pre, &pick)
+            });
+            (ghat, zk, dz)
+        } else {
+            let st = known.local_full(&x);
+            let (ghat, _) = input_normal(theta, &st)?;
+            let zk = if st.h[unit] > 0.0 {
+                st.h[unit]
+            } else {
+                st.pre.last()?[unit]
+            };
+            let dz = (st.h[unit] <= 0.0).then(|| {
+                let dpre = st.dpre.last().expect("known layer");
+                (0..d0).map(|c| dpre[(unit, c)]).collect::<Vec<f64>>()
+            });
+            (ghat, zk, dz)
+        };
+        let Some(dz) = dz else {
             let r = (0.25 * travelled).max(1e-6);
             return Some((
                 Line {
@@ -524,11 +636,7 @@ fn follow_to_unit(
                 },
                 r,
             ));
-        }
-        let zk = st.pre.last()?[unit];
-        let dz: Vec<f64> = (0..d0)
-            .map(|c| st.dpre.last().expect("known layer")[(unit, c)])
-            .collect();
+        };
         let along = dot(&dz, &ghat);
         let tau: Vec<f64> = dz.iter().zip(&ghat).map(|(a, b)| a - along * b).collect();
         let tn2 = dot(&tau, &tau);
@@ -541,6 +649,12 @@ fn follow_to_unit(
         travelled += t * tn2.sqrt();
     }
     None
+}
+
+/// Whether walks behind `known` take vector-Jacobian products instead of forming the prefix's full
+/// Jacobians (see [`follow_to_unit`]).
+fn jacobian_free(known: &KnownPrefix) -> bool {
+    known.out_dim() * known.input_dim >= crate::signature::FIRST_LAYER_SVD_MIN_JACOBIAN
 }
 
 /// Like [`follow_to_unit`], but walks until every unit in `units` is active at once, so that one
@@ -1358,8 +1472,14 @@ pub fn recover_layer<O: Oracle + ?Sized>(
                 // hyperplane along its (partially known) normal.
                 let (ei, unit) = targets[rng.random_range(0..targets.len())];
                 if let Some(o) = point_with_active_unit(known, unit, sigma, rng) {
-                    let st = known.local_full(&o);
-                    if let Some((normal, _)) = input_normal(&bank.estimates[ei].theta, &st) {
+                    let theta = &bank.estimates[ei].theta;
+                    let normal = if jacobian_free(known) {
+                        let pre = known.pre_activations(&o, known.layers.len());
+                        input_normal_at(known, theta, &pre)
+                    } else {
+                        input_normal(theta, &known.local_full(&o))
+                    };
+                    if let Some((normal, _)) = normal {
                         line.dir = normal;
                     }
                     line.origin = o;
@@ -2216,6 +2336,85 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The normal from one vector-Jacobian product agrees with the one from the full Jacobians, behind
+    /// zero to three known layers, and `follow_to_unit` (which walks on it) turns its unit on while
+    /// staying on the hyperplane to first order, the same by vector-Jacobian products as by full
+    /// Jacobians.
+    #[test]
+    fn normal_from_the_gradient_matches_the_jacobian_and_following_turns_the_unit_on() {
+        use netxray_relu::{Arch, InitRecipe, Network};
+        let net = Network::random(
+            &"30-20-20-20-1".parse::<Arch>().unwrap(),
+            InitRecipe::Balanced,
+            5,
+        );
+        let mut rng = ChaCha20Rng::seed_from_u64(6);
+        let (mut reached, mut tried) = (0, 0);
+        for depth in 0..=3 {
+            let known = KnownPrefix {
+                layers: net.layers()[..depth].to_vec(),
+                input_dim: 30,
+            };
+            let dim = known.out_dim();
+            for _ in 0..10 {
+                let x: Vec<f64> = (0..30)
+                    .map(|_| rng.sample::<f64, _>(StandardNormal))
+                    .collect();
+                let theta: Vec<f64> = (0..=dim)
+                    .map(|_| rng.sample::<f64, _>(StandardNormal))
+                    .collect();
+                let pre = known.pre_activations(&x, depth);
+                let want = input_normal(&theta, &known.local_full(&x));
+                let got = input_normal_at(&known, &theta, &pre);
+                match (want, got) {
+                    (Some((a, an)), Some((b, bn))) => {
+                        assert!((an - bn).abs() <= 1e-12 * an, "lengths {an} vs {bn}");
+                        assert!(a.iter().zip(&b).all(|(p, q)| (p - q).abs() <= 1e-12));
+                    }
+                    (None, None) => {}
+                    (a, b) => panic!("one vanished: {:?} vs {:?}", a.is_some(), b.is_some()),
+                }
+                if depth == 0 {
+                    continue;
+                }
+                let h = known.local_full(&x).h;
+                let Some(unit) = (0..dim).find(|&k| h[k] <= 0.0) else {
+                    continue;
+                };
+                tried += 1;
+                let value = |p: &[f64]| -> f64 {
+                    let h = known.local_full(p).h;
+                    (0..dim).map(|k| theta[k] * h[k]).sum::<f64>()
+                };
+                let by_jacobians = follow_to_unit_by(&known, &theta, &x, unit, false);
+                let by_products = follow_to_unit_by(&known, &theta, &x, unit, true);
+                // The two ways differ by rounding only.
+                match (&by_jacobians, &by_products) {
+                    (Some((a, ra)), Some((b, rb))) => {
+                        let gap = a.origin.iter().zip(&b.origin).map(|(p, q)| (p - q).abs());
+                        assert!(gap.fold(0.0, f64::max) <= 1e-9, "end points differ");
+                        assert!((ra - rb).abs() <= 1e-9 * ra.max(1.0));
+                    }
+                    (None, None) => {}
+                    _ => panic!("one way reached the unit, the other did not"),
+                }
+                if let Some((line, r)) = by_products {
+                    reached += 1;
+                    assert!(known.local_full(&line.origin).h[unit] > 0.0, "unit on");
+                    assert!(r > 0.0 && (norm(&line.dir) - 1.0).abs() < 1e-12);
+                    let (_, gn) = input_normal(&theta, &known.local_full(&x)).expect("a normal");
+                    // First-order steps within the hyperplane: off it by little against the way
+                    // walked (the known units crossed bend it).
+                    assert!((value(&line.origin) - value(&x)).abs() / gn <= 4.0 * r + 1e-9);
+                }
+            }
+        }
+        assert!(
+            tried >= 15 && reached * 2 >= tried,
+            "reached {reached} of {tried}"
+        );
     }
 
     /// Behind two known layers the walk turns the asked units on while keeping no more active units

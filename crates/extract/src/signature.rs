@@ -292,7 +292,7 @@ const GRAM_FACTOR_COND_MIN: f64 = 1e-4;
 /// verification (2.6e-1; seeds 2–5 passed on both paths), and the trained Fashion-MNIST net took
 /// 7,306,072 queries instead of 7,126,063 with the same outcome. Small Jacobians keep the path
 /// their acceptance runs were measured with.
-const FIRST_LAYER_SVD_MIN_JACOBIAN: usize = 1 << 19;
+pub(crate) const FIRST_LAYER_SVD_MIN_JACOBIAN: usize = 1 << 19;
 
 /// [`geometry`]'s SVD path without the `dim × d0` Jacobian, for the points the normal equations of
 /// [`gram_geometry`] cannot take: `J_A` rank deficient (a partial witness) or ill-conditioned. With
@@ -597,9 +597,33 @@ pub fn measure_on<O: Oracle + ?Sized>(
         (GEOMETRY_BYTES_MAX / (8 * known.input_dim.max(1) * known.out_dim().max(1))).max(1)
     };
     let gram = first_layer_gram(known);
-    let mut out = Vec::with_capacity(cps.len());
-    for chunk in cps.chunks(per_chunk) {
-        out.extend(measure_chunk(
+    // A deeper-layer probe whose stencil would be too narrow is not measured (see
+    // [`PROBE_STENCIL_MIN`]): it gives no probe, as it would after its geometry and queries.
+    let wide_enough: Vec<bool> = cps
+        .iter()
+        .map(|cp| {
+            coords.is_none()
+                || known.layers.is_empty()
+                || p.kink_fraction * stencil_half_width(cp) * norm(&lines[cp.line].dir)
+                    >= PROBE_STENCIL_MIN * p.eps
+        })
+        .collect();
+    let kept: Vec<CriticalPoint> = cps
+        .iter()
+        .zip(&wide_enough)
+        .filter(|(_, w)| **w)
+        .map(|(cp, _)| cp.clone())
+        .collect();
+    if kept.len() < cps.len() {
+        tracing::debug!(
+            points = cps.len(),
+            too_narrow = cps.len() - kept.len(),
+            "probes skipped"
+        );
+    }
+    let mut measured = Vec::with_capacity(kept.len());
+    for chunk in kept.chunks(per_chunk) {
+        measured.extend(measure_chunk(
             oracle,
             known,
             lines,
@@ -609,8 +633,29 @@ pub fn measure_on<O: Oracle + ?Sized>(
             gram.as_ref(),
         )?);
     }
-    Ok(out)
+    let mut measured = measured.into_iter();
+    Ok(wide_enough
+        .into_iter()
+        .map(|w| if w { measured.next().flatten() } else { None })
+        .collect())
 }
+
+/// Half the width of the kink-free interval around a critical point, in units of the line's `t`:
+/// how far the stencil's two centres sit from the kink.
+fn stencil_half_width(cp: &CriticalPoint) -> f64 {
+    0.5 * (cp.t - cp.a).min(cp.b - cp.t)
+}
+
+/// A deeper-layer probe is measured only when its stencil can be at least this fraction of the
+/// stencil width ([`StencilParams::eps`]) wide, that is when the kink-free interval around the point
+/// allows it: a narrower one is dominated by rounding. On the 3072-256×8-10's layer 8 (session 30,
+/// logged per chunk) ~80 % of the kinks on hyperplane-following lines sat within ~1e-8 of another
+/// kink (the line crosses the boundaries of the units the walk just turned on); their stencils of
+/// median width 3e-9 failed the rank-one test (median residual 2e-3 of the jump, against 1e-6),
+/// after their geometry (~6 ms a point) and queries; the usable probes' stencils were wider (per
+/// chunk of 170 points, a tenth of them below 1.4e-5–6.6e-5). ~20 s of a round's ~27 s of
+/// following-line screening went to such points. With the default width 0.1 the bound is 1e-6.
+const PROBE_STENCIL_MIN: f64 = 1e-5;
 
 /// Memory budget of the stencil directions of the points measured together (see [`measure_on`]).
 const GEOMETRY_BYTES_MAX: usize = 1 << 30;
@@ -639,12 +684,15 @@ fn measure_chunk<O: Oracle + ?Sized>(
     // The local geometry (pseudo-inverse columns of the known prefix's Jacobian), once per
     // activation pattern, on all cores.
     use rayon::prelude::*;
+    let clock = std::time::Instant::now();
     let geos = geometries(known, lines, cps, coords, gram);
+    let geometry_s = clock.elapsed().as_secs_f64();
+    let no_geometry = geos.iter().filter(|g| g.is_none()).count();
     // The stencil's two centres on the line, either side of the kink, and how far they may move
     // along the directions before a known unit flips (on all cores: a product of the first layer
     // with the directions per centre, unless the region's rates are shared).
     let centres_of = |cp: &CriticalPoint| {
-        let s = 0.5 * (cp.t - cp.a).min(cp.b - cp.t);
+        let s = stencil_half_width(cp);
         (s, lines[cp.line].at(cp.t - s), lines[cp.line].at(cp.t + s))
     };
     let margins: Vec<f64> = cps
@@ -777,12 +825,16 @@ fn measure_chunk<O: Oracle + ?Sized>(
         }
     }
     let mut out = Vec::with_capacity(cps.len());
+    // Why points gave no witness, logged per chunk: which part of a measurement is wasted.
+    let (mut not_linear, mut not_one_kink) = (0usize, 0usize);
+    let no_step = jobs.iter().filter(|j| j.is_none()).count() - no_geometry;
     for (cp, job) in cps.iter().zip(jobs) {
         let Some(j) = job else {
             out.push(None);
             continue;
         };
         if j.da.iter().any(|d| d.is_none()) || j.db.iter().any(|d| d.is_none()) {
+            not_linear += 1;
             out.push(None);
             continue;
         }
@@ -806,6 +858,7 @@ fn measure_chunk<O: Oracle + ?Sized>(
         }
         // A single neuron's jump is rank one across directions; anything else is not one kink.
         if big == 0.0 || resid > p.rank_one_tol * big {
+            not_one_kink += 1;
             out.push(None);
             continue;
         }
@@ -824,6 +877,17 @@ fn measure_chunk<O: Oracle + ?Sized>(
             full,
         }));
     }
+    tracing::debug!(
+        points = cps.len(),
+        probe = coords.is_some(),
+        geometry_s,
+        no_geometry,
+        no_step,
+        not_linear,
+        not_one_kink,
+        no_full_row = out.iter().flatten().filter(|w| w.full.is_none()).count(),
+        "measured chunk"
+    );
     Ok(out)
 }
 
@@ -905,6 +969,87 @@ mod tests {
             patterns.len() < cps.len(),
             "no two points shared a pattern: nothing was shared"
         );
+    }
+
+    /// A deeper-layer probe whose kink-free interval is too narrow for a stencil (see
+    /// [`PROBE_STENCIL_MIN`]) gives nothing and costs no query; the other points get exactly what
+    /// they get measured on their own, and full measurements are never skipped.
+    #[test]
+    fn probes_too_narrow_for_a_stencil_are_skipped_without_queries() {
+        use crate::critical::{SearchTol, find_critical_points};
+        use crate::oracle::NetworkOracle;
+        let net = Network::random(
+            &"20-12-10-2".parse::<Arch>().unwrap(),
+            InitRecipe::Balanced,
+            4,
+        );
+        let known = KnownPrefix {
+            layers: net.layers()[..1].to_vec(),
+            input_dim: 20,
+        };
+        let target = NetworkOracle::new(net);
+        let oracle = CountingOracle::new(&target, None);
+        let mut rng = ChaCha20Rng::seed_from_u64(8);
+        let line = Line {
+            origin: (0..20).map(|_| rng.random_range(-1.0..1.0)).collect(),
+            dir: (0..20).map(|_| rng.random_range(-1.0..1.0)).collect(),
+        };
+        let tol = SearchTol {
+            rel_tol: 1e-10,
+            min_interval_rel: 1e-12,
+            abs_floor: 0.0,
+        };
+        let found =
+            find_critical_points(&oracle, std::slice::from_ref(&line), &[(0, -8.0, 8.0)], tol)
+                .unwrap();
+        assert!(found.len() >= 4, "{} kinks", found.len());
+        let p = StencilParams {
+            eps: 1e-1,
+            shrink: 0.1,
+            tries: 4,
+            kink_fraction: 1.0,
+            rel_tol: 1e-10,
+            abs_floor: 0.0,
+            rank_one_tol: 1e-6,
+        };
+        // Every other point squeezed between two neighbours a hair away.
+        let squeezed: Vec<CriticalPoint> = found
+            .iter()
+            .enumerate()
+            .map(|(i, cp)| {
+                let mut cp = cp.clone();
+                if i % 2 == 1 {
+                    (cp.a, cp.b) = (cp.t - 1e-9, cp.t + 1e-9);
+                }
+                cp
+            })
+            .collect();
+        let probe: Vec<usize> = (0..12).collect();
+        let lines = std::slice::from_ref(&line);
+        let q0 = oracle.queries();
+        let got = measure_on(&oracle, &known, lines, &squeezed, p, Some(&probe)).unwrap();
+        let used = oracle.queries() - q0;
+        let wide: Vec<CriticalPoint> = squeezed.iter().step_by(2).cloned().collect();
+        let q1 = oracle.queries();
+        let alone = measure_on(&oracle, &known, lines, &wide, p, Some(&probe)).unwrap();
+        assert_eq!(
+            used,
+            oracle.queries() - q1,
+            "the narrow probes cost queries"
+        );
+        for (i, w) in got.iter().enumerate() {
+            if i % 2 == 1 {
+                assert!(w.is_none(), "narrow probe {i} measured");
+            } else {
+                let (a, b) = (w.as_ref(), alone[i / 2].as_ref());
+                assert_eq!(a.map(|w| &w.y), b.map(|w| &w.y), "point {i}");
+            }
+        }
+        assert!(got.iter().any(|w| w.is_some()), "no probe at all");
+        // Full measurements are not filtered: a squeezed point still costs its stencil.
+        let q2 = oracle.queries();
+        measure_on(&oracle, &known, lines, &squeezed[1..2], p, None).unwrap();
+        assert!(oracle.queries() > q2, "a full measurement was skipped");
     }
 
     /// The Gram path and the SVD path agree on the active units, the scales and the directions (to
