@@ -4,6 +4,9 @@
 #   DATA_DIR: Fashion-MNIST IDX folder for the trained 784-128-128-128-10 (default ../shared/datasets/fashion-mnist)
 # Set ONLY="name1 name2" to run a subset (names as in the first column), MAX_QUERIES to cap each run,
 # KEEP=DIR to keep the targets, stolen models and reports.
+# RESUME=1 (with KEEP) checkpoints each extraction in KEEP/<name>.ck and continues it when rerun: the
+# 3072-256×8-10 takes longer than one sitting. The wall and RSS columns are then of the last process
+# only; the checkpoint's `wall_seconds` holds the committed layers' total.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/netxray-target}"
@@ -37,8 +40,15 @@ for t in "${targets[@]}"; do
   IFS='|' read -r name file cmpargs xargs <<<"$t"
   tag="${name//[:]/-}"
   out="$WORK/$tag.stolen.safetensors"; rep="$WORK/$tag.report.json"; rm -f "$out" "$rep"
+  resume=()
+  if [ -n "${RESUME:-}" ]; then
+    [ -n "${KEEP:-}" ] || { echo "RESUME needs KEEP (the checkpoint lives there)" >&2; exit 2; }
+    resume=(--resume "$WORK/$tag.ck") # the log of every sitting is kept, appended
+  else
+    rm -f "$WORK/$tag.log"
+  fi
   /usr/bin/time -f '%e %M' -o "$WORK/time" "$BIN" extract --target "$file" --out "$out" --report "$rep" \
-    --seed "$SEED" --max-queries "$MAX_QUERIES" $xargs --log info >"$WORK/$tag.log" 2>&1
+    --seed "$SEED" --max-queries "$MAX_QUERIES" $xargs "${resume[@]}" --log info >>"$WORK/$tag.log" 2>&1
   status=$?
   read -r wall rss < <(tail -n 1 "$WORK/time") || { wall=NA; rss=0; }
   q=NA; low=NA
