@@ -13,6 +13,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/netxray-target}"
 DATA="${1:-../shared/datasets/fashion-mnist}"
 SEED="${SEED:-1}"
 MAX_QUERIES="${MAX_QUERIES:-200000000}"
+if [ -n "${RESUME:-}" ] && [ -z "${KEEP:-}" ]; then
+  echo "RESUME needs KEEP (the checkpoints live there)" >&2; exit 2
+fi
 cargo build --quiet --release -p netxray
 BIN="$CARGO_TARGET_DIR/release/netxray"
 if [ -n "${KEEP:-}" ]; then WORK="$KEEP"; mkdir -p "$WORK"; else WORK="$(mktemp -d)"; trap 'rm -rf "$WORK"' EXIT; fi
@@ -42,7 +45,6 @@ for t in "${targets[@]}"; do
   out="$WORK/$tag.stolen.safetensors"; rep="$WORK/$tag.report.json"; rm -f "$out" "$rep"
   resume=()
   if [ -n "${RESUME:-}" ]; then
-    [ -n "${KEEP:-}" ] || { echo "RESUME needs KEEP (the checkpoint lives there)" >&2; exit 2; }
     resume=(--resume "$WORK/$tag.ck") # the log of every sitting is kept, appended
   else
     rm -f "$WORK/$tag.log"

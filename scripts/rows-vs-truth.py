@@ -24,10 +24,15 @@ spec.loader.exec_module(cvt)
 
 if len(sys.argv) not in (4, 5):
     sys.exit(__doc__)
-T = cvt.read_safetensors(sys.argv[1])
-S = cvt.read_safetensors(sys.argv[2])
-layer = int(sys.argv[3])
-n = int(sys.argv[4]) if len(sys.argv) == 5 else 20000
+try:
+    T = cvt.read_safetensors(sys.argv[1])
+    S = cvt.read_safetensors(sys.argv[2])
+    layer = int(sys.argv[3])
+    n = int(sys.argv[4]) if len(sys.argv) == 5 else 20000
+except (OSError, ValueError) as e:
+    sys.exit(f"rows-vs-truth: {e}")
+if n < 2:
+    sys.exit("SAMPLES must be at least 2")
 depth = sum(1 for k in T if k.endswith(".weight"))
 if not 2 <= layer < depth:
     sys.exit(f"LAYER must be between 2 and {depth - 1} (a hidden layer with a hidden layer before it)")
@@ -67,13 +72,13 @@ for r in range(w_s.shape[0]):
     wt = w_t[m_row[r], m_prev]
     k = (w @ wt) / (wt @ wt)
     errors.append(np.abs(w - k * wt) / np.linalg.norm(k * wt))
-worst = np.argsort([-e.max() for e in errors])
-print(f"layer {layer}: row error (max entry / row norm) median {np.median([e.max() for e in errors]):.3g}")
-for r in worst[:3]:
+row_error = np.array([e.max() for e in errors])
+print(f"layer {layer}: row error (max entry / row norm) median {np.median(row_error):.3g}")
+for r in np.argsort(-row_error)[:3]:
     t = m_row[r]
     z = zt[layer - 1][:, t]
     near = np.abs(z) < np.quantile(np.abs(z), 0.05)
-    print(f"stolen row {r} = true {t}: error {errors[r].max():.3g}, active on {np.mean(z > 0):.3f} of inputs")
+    print(f"stolen row {r} = true {t}: error {row_error[r]:.3g}, active on {np.mean(z > 0):.3f} of inputs")
     for c in np.argsort(-errors[r])[:3]:
         u = m_prev[c]
         print(f"  input unit {u} (stolen {c}): error {errors[r][c]:.3g}, stolen weight {w_s[r, c]:.3g}, "
