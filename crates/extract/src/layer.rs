@@ -866,17 +866,11 @@ fn follow_to_units_ranked(
         // would turn them off, active units of the earlier layers, held at half their value: their
         // active counts are the rank bound, and a walk that ignored them let the bound collapse
         // (13 → 5 active first-layer units on a small test net).
+        let clearance = |k: usize| FOLLOW_RANKED_CLEARANCE * z[k].abs() + 1e-9;
         let mut cons: Vec<(usize, usize, f64, bool)> = units
             .iter()
-            .map(|&k| (last, k, FOLLOW_RANKED_CLEARANCE * z[k].abs() + 1e-9, true))
-            .chain(off.iter().map(|&k| {
-                (
-                    last,
-                    k,
-                    -(FOLLOW_RANKED_CLEARANCE * z[k].abs() + 1e-9),
-                    false,
-                )
-            }))
+            .map(|&k| (last, k, clearance(k), true))
+            .chain(off.iter().map(|&k| (last, k, -clearance(k), false)))
             .collect();
         let wrong_side = |on: bool, v: f64| if on { v <= 0.0 } else { v >= 0.0 };
         let mut set: Vec<usize> = (0..cons.len())
