@@ -94,6 +94,12 @@ pub struct ExtractArgs {
     /// Default: the precision preset's (2). Needs an explicit --precision f64|f32.
     #[arg(long, value_name = "F")]
     pub polish_points_per_unknown: Option<f64>,
+    /// Polishing of layers screened with --probe-units (crossings placed by projection): one round
+    /// of this many crossings per unknown, then top-ups of only the points a neuron still lacks (0 or
+    /// ≥ 2; 0 = the rounds of --polish-points-per-unknown). Default: the precision preset's (f64
+    /// 3.2, f32 0). Needs an explicit --precision f64|f32.
+    #[arg(long, value_name = "F")]
+    pub projected_polish_points_per_unknown: Option<f64>,
     /// Fraction of a neuron's polishing points its trimmed fit goes through before the outlier cut
     /// (in (0, 1]). Default: the precision preset's (0.5). Needs an explicit --precision f64|f32.
     #[arg(long, value_name = "F")]
@@ -210,6 +216,10 @@ pub fn run(a: ExtractArgs) -> Result<()> {
             "--polish-points-per-unknown",
         ),
         (a.polish_trim_fraction.is_some(), "--polish-trim-fraction"),
+        (
+            a.projected_polish_points_per_unknown.is_some(),
+            "--projected-polish-points-per-unknown",
+        ),
     ] {
         if set && a.precision == Precision::Auto {
             bail!("{flag} needs --precision f64 or f32 (with auto the chosen preset sets it)");
@@ -242,6 +252,9 @@ pub fn run(a: ExtractArgs) -> Result<()> {
     }
     if let Some(f) = a.polish_trim_fraction {
         params = params.polish_trim_fraction(f);
+    }
+    if let Some(f) = a.projected_polish_points_per_unknown {
+        params = params.projected_polish_points_per_unknown(f);
     }
     let params = params.build()?;
     if let Some(t) = a.threads {

@@ -97,6 +97,29 @@ fn budget_and_missing_target_are_one_line_errors() {
         vec!["extract", "--target", t, "--out", s, "--max-queries", "50"],
         vec!["extract", "--target", "/nonexistent/model.npz", "--out", s],
         vec!["extract", "--target", t, "--out", s, "--arch", "21-10-5-1"],
+        // A preset's knob with the preset left to `auto`, and a value the params reject.
+        vec![
+            "extract",
+            "--target",
+            t,
+            "--out",
+            s,
+            "--precision",
+            "auto",
+            "--projected-polish-points-per-unknown",
+            "3",
+        ],
+        vec![
+            "extract",
+            "--target",
+            t,
+            "--out",
+            s,
+            "--precision",
+            "f64",
+            "--projected-polish-points-per-unknown",
+            "1.5",
+        ],
     ] {
         let out = netxray(&args);
         assert!(!out.status.success(), "{args:?} should fail");

@@ -19,7 +19,8 @@
 //!   f64 preset's]: `ExtractParams::projected_polish_window` (every layer behind a prefix is placed
 //!   by projection here), `ExtractParams::stencil_kink_fraction`,
 //!   `ExtractParams::polish_kept_per_unknown`, `ExtractParams::polish_points_per_unknown`,
-//!   `ExtractParams::polish_trim_fraction`;
+//!   `ExtractParams::polish_trim_fraction`; `PROJECTED_POLISH_POINTS` [3.2]:
+//!   `ExtractParams::projected_polish_points_per_unknown` (0: the schedule of unscreened layers);
 //! - `PROBE_COORDS` [24], `PROBE_UNITS` [32]: the screening flags of `scripts/bench-scale.sh`;
 //! - `POLISH_ROUNDS` [2]: hyperplane polishing rounds after the signatures (0 skips polishing, which
 //!   on a deep 256-wide layer takes longer than the rest of the layer);
@@ -90,6 +91,10 @@ fn main() {
     p.stencil_kink_fraction = env_or("STENCIL_KINK_FRACTION", p.stencil_kink_fraction);
     p.polish_kept_per_unknown = env_or("POLISH_KEPT", p.polish_kept_per_unknown);
     p.polish_points_per_unknown = env_or("POLISH_POINTS", p.polish_points_per_unknown);
+    p.projected_polish_points_per_unknown = env_or(
+        "PROJECTED_POLISH_POINTS",
+        p.projected_polish_points_per_unknown,
+    );
     p.polish_trim_fraction = env_or("POLISH_TRIM", p.polish_trim_fraction);
     let p = p;
     let target = NetworkOracle::new(net.clone());
@@ -320,12 +325,15 @@ fn polish_stage(
     let queries = oracle.queries() - q0;
     println!(
         "polish ({neurons} neurons, window {:e}, rows perturbed by {row_perturb:e}): \
-         {queries} queries ({:.1} per placed crossing), {secs:.1} s ({:.1} s in the target), placed {}, \
-         used {}, \
+         {queries} queries ({:.1} per placed crossing), {secs:.1} s ({:.1} s in the target; placing \
+         {:.1} s, searching {:.1} s, fitting {:.1} s), placed {}, used {}, \
          row error median / max {:.2e} / {:.2e} before, {:.2e} / {:.2e} after",
         scaled.projected_polish_window,
         queries as f64 / stats.placed.max(1) as f64,
         oracle.target_seconds() - target0,
+        stats.place_s,
+        stats.search_s,
+        stats.fit_s,
         stats.placed,
         stats.used,
         before.0,

@@ -1906,6 +1906,9 @@ pub fn recover_layer<O: Oracle + ?Sized>(
             placed = polished.placed,
             used = polished.used,
             worst_median = polished.worst_median,
+            place_s = polished.place_s,
+            search_s = polished.search_s,
+            fit_s = polished.fit_s,
             "hyperplanes polished"
         );
     }
@@ -1999,7 +2002,7 @@ fn refine<O: Oracle + ?Sized>(
             known,
             &thetas,
             &anchors,
-            p.refine_points,
+            &vec![p.refine_points; est.len()],
             rng,
             p.origin_scale,
             half,

@@ -52,6 +52,12 @@ pub struct Placed {
 /// normal vanishes (the neuron is constant around the point), or the point is too close to a known
 /// kink for a window (`room ≤ 1e-6·half`). The window reaches at most `window·half` to the left of
 /// the prediction and `right` times that to the right, and half the room to the region's edge.
+///
+/// The Newton steps never leave the first known layer's pre-activation space: a step moves the
+/// input along `∇ₓz = W₁ᵀu` (`u = ∂z/∂z₁`), so it moves `z₁` by `W₁W₁ᵀu` and the step length needs
+/// `‖∇ₓz‖² = uᵀW₁W₁ᵀu`. With the Gram matrix `W₁W₁ᵀ` taken once, a step costs products of the first
+/// layer's width instead of the input's (3072 against 256 on the CIFAR-shaped nets, where the input
+/// products were most of a deep layer's polishing), and the input point is formed once at the end.
 pub fn project_crossings(
     known: &KnownPrefix,
     jobs: &[(&[f64], Vec<f64>)],
@@ -60,17 +66,23 @@ pub fn project_crossings(
     right: f64,
 ) -> Vec<Option<Placed>> {
     use rayon::prelude::*;
+    // G = W₁W₁ᵀ of the first known layer, once for all blocks.
+    let gram = known.layers.first().map(|l| {
+        let mut g = Mat::<f64>::zeros(l.fan_out(), l.fan_out());
+        faer::linalg::matmul::matmul(
+            g.as_mut(),
+            faer::Accum::Replace,
+            l.weight.as_ref(),
+            l.weight.transpose(),
+            1.0,
+            faer::Par::rayon(0),
+        );
+        g
+    });
     let blocks: Vec<&[(&[f64], Vec<f64>)]> = jobs.chunks(BLOCK).collect();
     blocks
         .into_par_iter()
-        .flat_map_iter(|b| project_block(known, b, half, window, right))
-        .collect()
-}
-
-/// Rows of `m` as vectors.
-fn rows(m: &Mat<f64>) -> Vec<Vec<f64>> {
-    (0..m.nrows())
-        .map(|i| (0..m.ncols()).map(|j| m[(i, j)]).collect())
+        .flat_map_iter(|b| project_block(known, gram.as_ref(), b, half, window, right))
         .collect()
 }
 
@@ -88,87 +100,90 @@ fn mul(a: &Mat<f64>, b: faer::MatRef<'_, f64>) -> Mat<f64> {
     out
 }
 
-/// Pre-activations of every known layer for the rows of `x`.
-fn forward(known: &KnownPrefix, x: &Mat<f64>) -> Vec<Mat<f64>> {
-    let mut pres = Vec::with_capacity(known.layers.len());
-    let mut h = x.clone();
-    for l in &known.layers {
-        let mut z = mul(&h, l.weight.transpose());
-        for i in 0..z.nrows() {
-            for j in 0..z.ncols() {
-                z[(i, j)] += l.bias[j];
-            }
-        }
-        h = Mat::from_fn(z.nrows(), z.ncols(), |i, j| z[(i, j)].max(0.0));
-        pres.push(z);
-    }
-    pres
-}
-
-/// The prefix's output from its last pre-activations (the input itself without known layers).
-fn output(x: &Mat<f64>, pres: &[Mat<f64>]) -> Mat<f64> {
-    match pres.last() {
-        Some(z) => Mat::from_fn(z.nrows(), z.ncols(), |i, j| z[(i, j)].max(0.0)),
-        None => x.clone(),
-    }
-}
-
 fn project_block(
     known: &KnownPrefix,
+    gram: Option<&Mat<f64>>,
     jobs: &[(&[f64], Vec<f64>)],
     half: f64,
     window: f64,
     right: f64,
 ) -> Vec<Option<Placed>> {
+    let (Some(first), Some(gram)) = (known.layers.first(), gram) else {
+        return project_onto_input_planes(jobs, half, window, right);
+    };
     let d0 = known.input_dim;
     let dim = known.out_dim();
     let n = jobs.len();
-    let mut x = Mat::<f64>::from_fn(n, d0, |i, j| jobs[i].1[j]);
-    // Rows still moving, and the normal and remaining offset of those that landed.
-    let mut landed: Vec<Option<(Vec<f64>, f64)>> = vec![None; n];
+    let w1 = first.fan_out();
+    // The Newton steps run in the first layer's pre-activation space (see `project_crossings`): `z1`
+    // is `W₁x + b₁` of the moving point, and the point itself is `x₀ − W₁ᵀa`.
+    let x0 = Mat::<f64>::from_fn(n, d0, |i, j| jobs[i].1[j]);
+    let mut z1 = mul(&x0, first.weight.transpose());
+    for j in 0..w1 {
+        let b = first.bias[j];
+        z1.col_mut(j).iter_mut().for_each(|v| *v += b);
+    }
+    let mut a = Mat::<f64>::zeros(n, w1);
+    // Per landed row: `∂z/∂z₁` (the input normal is `W₁ᵀ` of it), its input norm, and the remaining
+    // offset along the normal.
+    let mut landed: Vec<Option<(Vec<f64>, f64, f64)>> = vec![None; n];
+    // Per landed row: its known pre-activations at the landing point (it does not move after).
+    let mut landed_pres: Vec<Vec<Vec<f64>>> = vec![Vec::new(); n];
     let mut live: Vec<usize> = (0..n).collect();
     for _ in 0..=MAX_STEPS {
         if live.is_empty() {
             break;
         }
-        let xl = Mat::<f64>::from_fn(live.len(), d0, |i, j| x[(live[i], j)]);
-        let pres = forward(known, &xl);
-        let h = output(&xl, &pres);
-        // ∇ₓz = Jᵀw: w masked by the last layer's pattern, pulled back layer by layer.
+        let z1l = Mat::<f64>::from_fn(live.len(), w1, |i, j| z1[(live[i], j)]);
+        let pres = forward_from_first(known, z1l);
+        let last = pres.last().expect("a non-empty prefix");
+        // ∂z/∂z₁: θ's weights masked by the last layer's pattern, pulled back to the first layer.
         let mut v = Mat::<f64>::from_fn(live.len(), dim, |i, j| {
-            let on = pres.last().is_none_or(|z| z[(i, j)] > 0.0);
-            if on { jobs[live[i]].0[j] } else { 0.0 }
+            if last[(i, j)] > 0.0 {
+                jobs[live[i]].0[j]
+            } else {
+                0.0
+            }
         });
-        for (li, l) in known.layers.iter().enumerate().rev() {
-            v = mul(&v, l.weight.as_ref());
-            if li > 0 {
-                let z = &pres[li - 1];
+        for li in (1..known.layers.len()).rev() {
+            v = mul(&v, known.layers[li].weight.as_ref());
+            let z = &pres[li - 1];
+            for j in 0..v.ncols() {
                 for i in 0..v.nrows() {
-                    for j in 0..v.ncols() {
-                        if z[(i, j)] <= 0.0 {
-                            v[(i, j)] = 0.0;
-                        }
+                    if z[(i, j)] <= 0.0 {
+                        v[(i, j)] = 0.0;
                     }
                 }
             }
         }
+        // ‖∇ₓz‖² = uᵀGu with G = W₁W₁ᵀ, and the step moves z₁ by G·u.
+        let gu = mul(&v, gram.as_ref());
         let mut still = Vec::new();
         for (r, &i) in live.iter().enumerate() {
             let theta = jobs[i].0;
-            let hr: Vec<f64> = (0..dim).map(|j| h[(r, j)]).collect();
-            let z = dot(&theta[..dim], &hr) + theta[dim];
-            let g: Vec<f64> = (0..d0).map(|j| v[(r, j)]).collect();
-            let gn = norm(&g);
+            let z = (0..dim)
+                .map(|j| theta[j] * last[(r, j)].max(0.0))
+                .sum::<f64>()
+                + theta[dim];
+            let gn2: f64 = (0..w1).map(|j| v[(r, j)] * gu[(r, j)]).sum();
+            let gn = gn2.max(0.0).sqrt();
             if !(gn > 0.0 && gn.is_finite() && z.is_finite()) {
                 continue;
             }
             let dist = z / gn;
+            let u: Vec<f64> = (0..w1).map(|j| v[(r, j)]).collect();
             if dist.abs() <= LANDED * half {
-                landed[i] = Some((g.iter().map(|v| v / gn).collect(), -dist));
+                landed[i] = Some((u, gn, -dist));
+                landed_pres[i] = pres
+                    .iter()
+                    .map(|z| (0..z.ncols()).map(|j| z[(r, j)]).collect())
+                    .collect();
                 continue;
             }
-            for j in 0..d0 {
-                x[(i, j)] -= dist * g[j] / gn;
+            let c = z / gn2;
+            for j in 0..w1 {
+                a[(i, j)] += c * u[j];
+                z1[(i, j)] -= c * gu[(r, j)];
             }
             still.push(i);
         }
@@ -180,75 +195,186 @@ fn project_block(
     if done.is_empty() {
         return out;
     }
-    let xd = Mat::<f64>::from_fn(done.len(), d0, |i, j| x[(done[i], j)]);
-    let dd = Mat::<f64>::from_fn(done.len(), d0, |i, j| {
-        landed[done[i]].as_ref().expect("landed").0[j]
+    let m = done.len();
+    let ad = Mat::<f64>::from_fn(m, w1, |r, j| a[(done[r], j)]);
+    let ud = Mat::<f64>::from_fn(m, w1, |r, j| {
+        let (u, gn, _) = landed[done[r]].as_ref().expect("landed");
+        u[j] / gn
     });
-    let pres = forward(known, &xd);
-    // Directional derivatives of every known pre-activation along the normal (pattern fixed).
+    // Landing points and unit normals, one input per column (contiguous to read out).
+    let xt = {
+        let mut xt = mul_t(first.weight.transpose(), ad.transpose());
+        for (r, &i) in done.iter().enumerate() {
+            for j in 0..d0 {
+                xt[(j, r)] = jobs[i].1[j] - xt[(j, r)];
+            }
+        }
+        xt
+    };
+    let dt = mul_t(first.weight.transpose(), ud.transpose());
+    let pres: Vec<Mat<f64>> = (0..known.layers.len())
+        .map(|li| {
+            let width = known.layers[li].fan_out();
+            Mat::<f64>::from_fn(m, width, |r, j| landed_pres[done[r]][li][j])
+        })
+        .collect();
+    // Directional derivatives of every known pre-activation along the normal (pattern fixed); the
+    // first layer's is `W₁·W₁ᵀu/‖g‖ = G·u/‖g‖`.
     let mut dz_all: Vec<Mat<f64>> = Vec::with_capacity(known.layers.len());
-    let mut dh = dd;
-    for (li, l) in known.layers.iter().enumerate() {
-        let dz = mul(&dh, l.weight.transpose());
+    let mut dz = mul(&ud, gram.as_ref());
+    for li in 0..known.layers.len() {
+        if li > 0 {
+            dz = mul(&dz, known.layers[li].weight.transpose());
+        }
         let z = &pres[li];
-        dh = Mat::from_fn(dz.nrows(), dz.ncols(), |i, j| {
+        let dh = Mat::from_fn(dz.nrows(), dz.ncols(), |i, j| {
             if z[(i, j)] > 0.0 { dz[(i, j)] } else { 0.0 }
         });
         dz_all.push(dz);
+        dz = dh;
     }
-    let xs = rows(&xd);
     for (r, &i) in done.iter().enumerate() {
-        let (dir, t) = landed[i].take().expect("landed");
-        // Room on each side of t = 0 before a known pre-activation changes sign.
-        let (mut left, mut right_room) = (f64::INFINITY, f64::INFINITY);
-        for (z, dz) in pres.iter().zip(&dz_all) {
-            for j in 0..z.ncols() {
-                let (zv, g) = (z[(r, j)], dz[(r, j)]);
-                if g == 0.0 {
-                    continue;
-                }
-                let s = -zv / g;
-                if s > 0.0 {
-                    right_room = right_room.min(s);
-                } else {
-                    left = left.min(-s);
-                }
-            }
-        }
-        // The prediction must sit inside the region, away from its edges (a NaN room fails too).
-        let room = (t + left).min(right_room - t);
-        if room.is_nan() || room <= 1e-6 * half {
-            continue;
-        }
-        let w = (0.5 * room).min(window * half);
-        out[i] = Some(Placed {
-            line: Line {
-                origin: xs[r].clone(),
-                dir,
-            },
+        let (_, _, t) = landed[i].take().expect("landed");
+        let (left, right_room) = room(&pres, &dz_all, r);
+        out[i] = window_at(
+            xt.col(r).iter().copied().collect(),
+            dt.col(r).iter().copied().collect(),
             t,
-            lo: t - w,
-            hi: t + right * w,
-        });
+            left,
+            right_room,
+            half,
+            window,
+            right,
+        );
     }
     out
+}
+
+/// `a · b` into a fresh matrix, sequential (for products whose operands are views).
+fn mul_t(a: faer::MatRef<'_, f64>, b: faer::MatRef<'_, f64>) -> Mat<f64> {
+    let mut out = Mat::<f64>::zeros(a.nrows(), b.ncols());
+    faer::linalg::matmul::matmul(
+        out.as_mut(),
+        faer::Accum::Replace,
+        a,
+        b,
+        1.0,
+        faer::Par::Seq,
+    );
+    out
+}
+
+/// Pre-activations of every known layer given the first layer's (`z1`, one row per point).
+fn forward_from_first(known: &KnownPrefix, z1: Mat<f64>) -> Vec<Mat<f64>> {
+    let mut pres = Vec::with_capacity(known.layers.len());
+    pres.push(z1);
+    for l in &known.layers[1..] {
+        let prev = pres.last().expect("the first layer");
+        let h = Mat::<f64>::from_fn(prev.nrows(), prev.ncols(), |i, j| prev[(i, j)].max(0.0));
+        let mut z = mul(&h, l.weight.transpose());
+        for j in 0..z.ncols() {
+            let b = l.bias[j];
+            z.col_mut(j).iter_mut().for_each(|v| *v += b);
+        }
+        pres.push(z);
+    }
+    pres
+}
+
+/// Room on each side of `t = 0` along row `r`'s normal before a known pre-activation changes sign.
+fn room(pres: &[Mat<f64>], dz_all: &[Mat<f64>], r: usize) -> (f64, f64) {
+    let (mut left, mut right_room) = (f64::INFINITY, f64::INFINITY);
+    for (z, dz) in pres.iter().zip(dz_all) {
+        for j in 0..z.ncols() {
+            let (zv, g) = (z[(r, j)], dz[(r, j)]);
+            if g == 0.0 {
+                continue;
+            }
+            let s = -zv / g;
+            if s > 0.0 {
+                right_room = right_room.min(s);
+            } else {
+                left = left.min(-s);
+            }
+        }
+    }
+    (left, right_room)
+}
+
+/// The crossing at `t` on the line through `origin` along `dir`, with its window inside the room
+/// `[t − left, t + right_room]`, or `None` when the prediction sits too close to the region's edge.
+#[allow(clippy::too_many_arguments)]
+fn window_at(
+    origin: Vec<f64>,
+    dir: Vec<f64>,
+    t: f64,
+    left: f64,
+    right_room: f64,
+    half: f64,
+    window: f64,
+    right: f64,
+) -> Option<Placed> {
+    // The prediction must sit inside the region, away from its edges (a NaN room fails too).
+    let room = (t + left).min(right_room - t);
+    if room.is_nan() || room <= 1e-6 * half {
+        return None;
+    }
+    let w = (0.5 * room).min(window * half);
+    Some(Placed {
+        line: Line { origin, dir },
+        t,
+        lo: t - w,
+        hi: t + right * w,
+    })
+}
+
+/// Without known layers the planes are the estimates' own, in input space: one exact step each.
+fn project_onto_input_planes(
+    jobs: &[(&[f64], Vec<f64>)],
+    half: f64,
+    window: f64,
+    right: f64,
+) -> Vec<Option<Placed>> {
+    jobs.iter()
+        .map(|(theta, x)| {
+            let dim = theta.len() - 1;
+            let gn = norm(&theta[..dim]);
+            let z = dot(&theta[..dim], x) + theta[dim];
+            if !(gn > 0.0 && gn.is_finite() && z.is_finite()) {
+                return None;
+            }
+            let dir: Vec<f64> = theta[..dim].iter().map(|v| v / gn).collect();
+            let dist = z / gn;
+            let origin: Vec<f64> = x.iter().zip(&dir).map(|(x, d)| x - dist * d).collect();
+            window_at(
+                origin,
+                dir,
+                0.0,
+                f64::INFINITY,
+                f64::INFINITY,
+                half,
+                window,
+                right,
+            )
+        })
+        .collect()
 }
 
 /// Attempts per wanted crossing: starts that do not land, or land too close to a known kink, are
 /// replaced by fresh ones up to this many times (as the line-based placement tries up to 4 lines).
 const ATTEMPTS: usize = 4;
 
-/// Up to `per` crossings for each hyperplane of `thetas`, placed by projection from random starts:
+/// Up to `per[k]` crossings for hyperplane `k` of `thetas`, placed by projection from random starts:
 /// inputs `~ N(0, σ²)` in the first two attempts, then points `LOCAL_OFFSET·σ` around one of the
 /// estimate's `anchors` (its own witnesses), where a rarely active neuron's plane is reachable. The
 /// starts are drawn from `rng` in a fixed order, and the projection is deterministic, so the result
-/// is reproducible. Returns per hyperplane its placed crossings (possibly fewer than `per`).
+/// is reproducible. Returns per hyperplane its placed crossings (possibly fewer than asked).
 #[allow(clippy::too_many_arguments)]
 pub fn place_crossings(
     known: &KnownPrefix,
     thetas: &[&[f64]],
     anchors: &[&[Vec<f64>]],
-    per: usize,
+    per: &[usize],
     rng: &mut rand_chacha::ChaCha20Rng,
     sigma: f64,
     half: f64,
@@ -268,7 +394,7 @@ pub fn place_crossings(
             } else {
                 sigma
             };
-            for _ in placed.len()..per {
+            for _ in placed.len()..per[k] {
                 let mut x: Vec<f64> = (0..d0)
                     .map(|_| scale * rng.sample::<f64, _>(rand_distr::StandardNormal))
                     .collect();
@@ -304,7 +430,8 @@ mod tests {
     use rand_chacha::ChaCha20Rng;
     use rand_distr::StandardNormal;
 
-    /// Every placed crossing lies on its plane (to rounding), and its window holds no known kink.
+    /// Every placed crossing lies on its plane (to rounding), and its window holds no known kink, behind
+    /// prefixes of every depth (none: the estimate's own plane in input space).
     #[test]
     fn projected_crossings_are_on_the_plane_in_one_region() {
         let net = Network::random(
@@ -312,40 +439,73 @@ mod tests {
             InitRecipe::Balanced,
             5,
         );
-        let known = KnownPrefix {
-            layers: net.layers()[..2].to_vec(),
-            input_dim: 16,
-        };
-        let l = &net.layers()[2];
-        let thetas: Vec<Vec<f64>> = (0..l.fan_out())
-            .map(|r| {
-                let mut t: Vec<f64> = (0..l.fan_in()).map(|c| l.weight[(r, c)]).collect();
-                t.push(l.bias[r]);
-                t
-            })
-            .collect();
-        let mut rng = ChaCha20Rng::seed_from_u64(3);
-        let jobs: Vec<(&[f64], Vec<f64>)> = (0..200)
-            .map(|k| {
-                let x = (0..16)
+        for depth in 0..=2 {
+            let known = KnownPrefix {
+                layers: net.layers()[..depth].to_vec(),
+                input_dim: 16,
+            };
+            let l = &net.layers()[depth];
+            let dim = l.fan_in();
+            let thetas: Vec<Vec<f64>> = (0..l.fan_out())
+                .map(|r| {
+                    let mut t: Vec<f64> = (0..dim).map(|c| l.weight[(r, c)]).collect();
+                    t.push(l.bias[r]);
+                    t
+                })
+                .collect();
+            let mut rng = ChaCha20Rng::seed_from_u64(3);
+            let jobs: Vec<(&[f64], Vec<f64>)> = (0..200)
+                .map(|k| {
+                    let x = (0..16)
+                        .map(|_| rng.sample::<f64, _>(StandardNormal))
+                        .collect();
+                    (thetas[k % thetas.len()].as_slice(), x)
+                })
+                .collect();
+            let half = 40.0;
+            let placed = project_crossings(&known, &jobs, half, 1e-3, 0.618);
+            let ok = placed.iter().filter(|p| p.is_some()).count();
+            assert!(ok >= 150, "depth {depth}: placed {ok} of 200");
+            for ((theta, _), p) in jobs.iter().zip(&placed) {
+                let Some(p) = p else { continue };
+                let (_, h) = known.forward_rows(&[p.line.at(p.t)]).pop().unwrap();
+                let z = dot(&theta[..dim], &h) + theta[dim];
+                assert!(z.abs() < 1e-9, "depth {depth}: off the plane by {z:e}");
+                assert!(p.lo < p.t && p.t < p.hi);
+                assert!((norm(&p.line.dir) - 1.0).abs() < 1e-12);
+                // The search line is the plane's normal: a step across it changes z, a step of the
+                // same length orthogonal to it (almost) does not.
+                let x = p.line.at(p.t);
+                let z_at = |y: &[f64]| {
+                    let (_, h) = known.forward_rows(&[y.to_vec()]).pop().unwrap();
+                    dot(&theta[..dim], &h) + theta[dim]
+                };
+                let step = 1e-3 * (p.hi - p.t);
+                let along = z_at(&p.line.at(p.t + step)) - z;
+                let mut perp: Vec<f64> = (0..16)
                     .map(|_| rng.sample::<f64, _>(StandardNormal))
                     .collect();
-                (thetas[k % thetas.len()].as_slice(), x)
-            })
-            .collect();
-        let half = 40.0;
-        let placed = project_crossings(&known, &jobs, half, 1e-3, 0.618);
-        let ok = placed.iter().filter(|p| p.is_some()).count();
-        assert!(ok >= 150, "placed {ok} of 200");
-        for ((theta, _), p) in jobs.iter().zip(&placed) {
-            let Some(p) = p else { continue };
-            let (_, h) = known.forward_rows(&[p.line.at(p.t)]).pop().unwrap();
-            let z = dot(&theta[..10], &h) + theta[10];
-            assert!(z.abs() < 1e-9, "off the plane by {z:e}");
-            assert!(p.lo < p.t && p.t < p.hi);
-            assert!((norm(&p.line.dir) - 1.0).abs() < 1e-12);
-            let kinks = known.kinks_on_line(&p.line.origin, &p.line.dir, p.lo, p.hi);
-            assert!(kinks.is_empty(), "known kinks in the window: {kinks:?}");
+                let c = dot(&perp, &p.line.dir);
+                perp.iter_mut()
+                    .zip(&p.line.dir)
+                    .for_each(|(v, d)| *v -= c * d);
+                let pn = norm(&perp);
+                let across: Vec<f64> = x
+                    .iter()
+                    .zip(&perp)
+                    .map(|(x, v)| x + step * v / pn)
+                    .collect();
+                let sideways = z_at(&across) - z;
+                assert!(
+                    sideways.abs() <= 1e-6 * along.abs(),
+                    "depth {depth}: not the normal ({sideways:e} sideways, {along:e} along)"
+                );
+                let kinks = known.kinks_on_line(&p.line.origin, &p.line.dir, p.lo, p.hi);
+                assert!(
+                    kinks.is_empty(),
+                    "depth {depth}: known kinks in the window: {kinks:?}"
+                );
+            }
         }
     }
 }

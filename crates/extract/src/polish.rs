@@ -15,14 +15,16 @@
 //! rounds in a narrow window ([`crate::params::ExtractParams::polish_window`]) take the f64 presets'
 //! parameters past 2^-30 (balanced 64-128-128-10: 2^-28.3 before, 2^-33.7 after; 2^-46.6 when no
 //! neuron is skipped as already precise, see `polish_skip_below`).
-//! Rounds: [`crate::params::ExtractParams::polish_rounds`] (f64 2, f32 3).
+//! Rounds: [`crate::params::ExtractParams::polish_rounds`] (f64 2, f32 3); crossings placed by
+//! projection instead get one big round and top-ups
+//! ([`crate::params::ExtractParams::projected_polish_points_per_unknown`]).
 
 use crate::cluster::NeuronEstimate;
 use crate::critical::{Line, SearchTol, find_critical_points};
 use crate::error::ExtractError;
 use crate::known::KnownPrefix;
 use crate::layer::{line_near_anchor, predicted_crossing, random_line};
-use crate::linalg::{dot, norm, null_vector};
+use crate::linalg::{dot, norm, null_vector, null_vector_near};
 use crate::oracle::{CountingOracle, Oracle};
 use crate::params::ExtractParams;
 use faer::Mat;
@@ -67,8 +69,12 @@ const GATE_PER_WINDOW: f64 = 0.1;
 const GATE_MIN: f64 = 1e-6;
 
 /// Most bytes of search lines held at once: neurons are searched in groups below it, so memory stays
-/// bounded on wide inputs (every neuron at once took a 784-16×8-1 run to 1.6 GB peak).
-const LINE_BYTES_MAX: usize = 64 << 20;
+/// bounded on wide inputs (every neuron at once took a 784-16×8-1 run to 1.6 GB peak). Not lower:
+/// at 64 MiB a group held one 3072-input neuron's 823 lines, and every search and placement call
+/// paid its fixed part (sparse last bisection levels, a Gram matrix, a half-empty block) per neuron
+/// (`STAGE=polish` of `benches/deep_layers.rs`, 32 layer-8 neurons: 24.2 s at 64 MiB, 18.3 s here;
+/// the trained 784-128-128-128-10's peak RSS rose from 932 to 1,178 MiB).
+const LINE_BYTES_MAX: usize = 256 << 20;
 
 /// Largest memory for the confirmed points held while polishing (each a `dim + 1` row; up to
 /// `2·polish_rounds·per_round` per neuron). A 3072-input layer needs ~300 MB per neuron.
@@ -83,6 +89,12 @@ pub struct PolishStats {
     pub used: usize,
     /// Largest median relative point distance from a final fitted hyperplane.
     pub worst_median: f64,
+    /// Seconds placing crossings (offline).
+    pub place_s: f64,
+    /// Seconds searching the windows (queries and the search's own work).
+    pub search_s: f64,
+    /// Seconds in the hyperplane fits.
+    pub fit_s: f64,
 }
 
 /// Relative distance of the unit row `u` from the hyperplane `theta` (scaled by `‖w‖`).
@@ -116,7 +128,12 @@ fn fit(prior: &[f64], points: &[Vec<f64>]) -> Option<Vec<f64>> {
             f64::from(u8::from(k == j)) - t0[k] * t0[j]
         }
     });
-    let (mut x, _, _) = null_vector(&m)?;
+    // Inverse iteration from the prior where the SVD is the cost (see `NEAR_NULL_MIN_UNKNOWNS`).
+    let mut x = if p >= NEAR_NULL_MIN_UNKNOWNS {
+        null_vector_near(&m, &t0)?
+    } else {
+        null_vector(&m)?.0
+    };
     let wn = norm(&x[..dim]);
     if !(wn > 0.0 && wn.is_finite()) {
         return None;
@@ -125,6 +142,17 @@ fn fit(prior: &[f64], points: &[Vec<f64>]) -> Option<Vec<f64>> {
     x.iter_mut().for_each(|v| *v *= s / wn);
     Some(x)
 }
+
+/// Fits with at least this many unknowns take their null vector by inverse iteration from the prior
+/// (`linalg::null_vector_near`), smaller ones by the SVD. Why: on a 3072-input layer the SVD of the
+/// `3073 × 3073` factor took most of the polishing (`STAGE=polish` of `benches/deep_layers.rs`,
+/// `LAYER=1 NEURONS=3 ROW_PERTURB=3e-7`: 355.6 s, 340.5 s of it in fits; 99.7 s by inverse
+/// iteration, same row errors), while at 257 unknowns the fits were 7 % of a deep layer's polishing.
+/// Both give the same vector to rounding, but a run's later course is sensitive to rounding: the
+/// trained Fashion-MNIST 784-128-128-128-10 (785 unknowns in layer 1) with inverse iteration
+/// everywhere lost one more rarely active layer-3 neuron (126 of 128, 9,997 of 10,000 test labels
+/// instead of 10,000), so below this size the fits stay as they were measured.
+const NEAR_NULL_MIN_UNKNOWNS: usize = 1024;
 
 /// A robust fit's hyperplane, the points it kept and their median distance from it.
 type Fitted = (Vec<f64>, Vec<Vec<f64>>, f64);
@@ -194,7 +222,7 @@ fn search_chunk<O: Oracle + ?Sized>(
     chunk: &[usize],
     windows: &[f64],
     hits: &mut [(usize, usize)],
-    per_round: usize,
+    counts: &[usize],
     p: &ExtractParams,
     rng: &mut ChaCha20Rng,
     half: f64,
@@ -208,6 +236,7 @@ fn search_chunk<O: Oracle + ?Sized>(
     let mut lines: Vec<Line> = Vec::new();
     let mut segs: Vec<(usize, f64, f64)> = Vec::new();
     let mut owner: Vec<(usize, f64)> = Vec::new();
+    let t_place = std::time::Instant::now();
     if projected {
         // Placed by projection (see `crate::place`): the chunk's neurons in one batch per window
         // width (most neurons share one), so the projections of many neurons run as blocked
@@ -221,11 +250,12 @@ fn search_chunk<O: Oracle + ?Sized>(
             let thetas: Vec<&[f64]> = group.iter().map(|&ei| est[ei].theta.as_slice()).collect();
             let anchors: Vec<&[Vec<f64>]> =
                 group.iter().map(|&ei| est[ei].anchors.as_slice()).collect();
+            let per: Vec<usize> = group.iter().map(|&ei| counts[ei]).collect();
             let placed = crate::place::place_crossings(
                 known,
                 &thetas,
                 &anchors,
-                per_round,
+                &per,
                 rng,
                 p.origin_scale,
                 half,
@@ -246,6 +276,7 @@ fn search_chunk<O: Oracle + ?Sized>(
     for &ei in chunk.iter().filter(|_| !projected) {
         let e = &est[ei];
         let window = windows[ei];
+        let per_round = counts[ei];
         let mut placed = 0;
         let mut attempts = 0;
         // Random lines first; a rarely active neuron's plane is met by few of them, so the rest
@@ -265,7 +296,10 @@ fn search_chunk<O: Oracle + ?Sized>(
         }
         stats.placed += placed;
     }
+    let t_search = std::time::Instant::now();
+    stats.place_s += (t_search - t_place).as_secs_f64();
     let cps = find_critical_points(oracle, &lines, &segs, search_tol)?;
+    stats.search_s += t_search.elapsed().as_secs_f64();
     let mut nearest: Vec<Option<(f64, f64)>> = vec![None; segs.len()];
     for c in &cps {
         let si = c.line; // one line per segment
@@ -310,6 +344,27 @@ fn search_chunk<O: Oracle + ?Sized>(
     Ok(())
 }
 
+/// A top-up is scaled up by this factor over what the neuron lacks: the refit after it cuts a few
+/// points again (outliers, slightly imprecise crossings next to other kinks).
+const TOPUP_MARGIN: f64 = 1.25;
+
+/// A neuron's confirmation rate is taken as at least this when sizing its top-up, so one unlucky
+/// round does not ask for a whole round's worth and more.
+const TOPUP_RATE_MIN: f64 = 0.25;
+
+/// Crossings to place for a neuron that holds `held` points and wants `wanted`, given the
+/// `confirmed` of `placed` so far: what it lacks over its rate, with [`TOPUP_MARGIN`], between 1
+/// and `most`.
+fn topup_count(held: usize, wanted: f64, placed: usize, confirmed: usize, most: usize) -> usize {
+    let lacking = (wanted - held as f64).max(1.0);
+    let rate = if placed == 0 {
+        1.0
+    } else {
+        (confirmed as f64 / placed as f64).max(TOPUP_RATE_MIN)
+    };
+    ((lacking * TOPUP_MARGIN / rate).ceil() as usize).clamp(1, most.max(1))
+}
+
 /// Runs `p.polish_rounds` rounds of predicted crossings and hyperplane refits on the accepted
 /// estimates not marked in `skip` (their `theta` is replaced; their other evidence is left as it
 /// was). With `projected` the crossings are placed by projection ([`crate::place`]).
@@ -330,11 +385,25 @@ pub fn polish<O: Oracle + ?Sized>(
         return Ok(stats);
     }
     let d0 = known.input_dim;
-    // Points per neuron and round (`ExtractParams::polish_points_per_unknown`).
-    let per_round = (p.polish_points_per_unknown * (known.out_dim() + 1) as f64).ceil() as usize;
+    let unknowns = known.out_dim() + 1;
+    // Points per neuron and round (`ExtractParams::polish_points_per_unknown`), or, for crossings
+    // placed by projection, one big first round and top-ups
+    // (`ExtractParams::projected_polish_points_per_unknown`).
+    let per_round = (p.polish_points_per_unknown * unknowns as f64).ceil() as usize;
+    let topped_up = projected && p.projected_polish_points_per_unknown > 0.0;
+    let (regular_rounds, first_round) = if topped_up {
+        let first = (p.projected_polish_points_per_unknown * unknowns as f64).ceil() as usize;
+        (1, first)
+    } else {
+        (p.polish_rounds, per_round)
+    };
+    let most_per_round = first_round.max(per_round);
     let priors: Vec<Vec<f64>> = est.iter().map(|e| e.theta.clone()).collect();
     let mut points: Vec<Vec<Vec<f64>>> = vec![Vec::new(); est.len()];
-    let unknowns = known.out_dim() + 1;
+    // Per neuron, all rounds: crossings placed, and points that passed the gate (the rate a
+    // top-up is scaled by).
+    let mut placed_total = vec![0usize; est.len()];
+    let mut confirmed_total = vec![0usize; est.len()];
     // Each neuron's window: narrowed after every well-determined fit (the next estimate is far
     // better, and a narrower window meets fewer other kinks), widened after a round that mostly
     // missed (see `WINDOW_WIDEN`).
@@ -348,7 +417,8 @@ pub fn polish<O: Oracle + ?Sized>(
     let widest = p.refine_window.max(first_window);
     // The confirmed points of every polished neuron are held until the end: bound them. Neurons past
     // the budget keep their signature-based rows (said in a warning).
-    let bytes_per_neuron = 2 * p.polish_rounds * per_round * unknowns * std::mem::size_of::<f64>();
+    let bytes_per_neuron =
+        (regular_rounds + p.polish_rounds) * most_per_round * unknowns * std::mem::size_of::<f64>();
     let budget = (POINT_BYTES_MAX / bytes_per_neuron.max(1)).max(1);
     let mut skip = skip.to_vec();
     let wanted: Vec<usize> = (0..est.len()).filter(|&ei| !skip[ei]).collect();
@@ -363,25 +433,40 @@ pub fn polish<O: Oracle + ?Sized>(
             skip[ei] = true;
         }
     }
-    for round in 0..2 * p.polish_rounds {
+    let kept_wanted = p.polish_kept_per_unknown * unknowns as f64;
+    for round in 0..regular_rounds + p.polish_rounds {
         let active: Vec<usize> = (0..est.len())
             .filter(|&ei| !skip[ei])
             .filter(|&ei| {
                 // Extra rounds (up to `polish_rounds` more) for a neuron not fitted yet or whose
                 // fit kept too few points (`ExtractParams::polish_kept_per_unknown`).
-                round < p.polish_rounds
-                    || !has_fit[ei]
-                    || (points[ei].len() as f64) < p.polish_kept_per_unknown * unknowns as f64
+                round < regular_rounds || !has_fit[ei] || (points[ei].len() as f64) < kept_wanted
             })
             .collect();
         if active.is_empty() {
             break;
         }
+        // Crossings to place per neuron this round.
+        let mut counts = vec![0usize; est.len()];
+        for &ei in &active {
+            counts[ei] = if !topped_up || round < regular_rounds {
+                first_round
+            } else {
+                topup_count(
+                    points[ei].len(),
+                    kept_wanted.max((MIN_POINTS_PER_UNKNOWN * unknowns) as f64),
+                    placed_total[ei],
+                    confirmed_total[ei],
+                    first_round,
+                )
+            };
+        }
         // Neurons in groups whose lines fit in `LINE_BYTES_MAX` (a 784-input layer places 1,570 lines
         // of 12.5 KB per neuron and round). Lines are drawn in the same order either way.
-        let per_neuron_bytes = per_round * 2 * d0 * std::mem::size_of::<f64>();
+        let per_neuron_bytes = most_per_round * 2 * d0 * std::mem::size_of::<f64>();
         let group = (LINE_BYTES_MAX / per_neuron_bytes.max(1)).max(1);
         let mut hits = vec![(0usize, 0usize); est.len()];
+        let held: Vec<usize> = points.iter().map(Vec::len).collect();
         for chunk in active.chunks(group) {
             search_chunk(
                 oracle,
@@ -390,7 +475,7 @@ pub fn polish<O: Oracle + ?Sized>(
                 chunk,
                 &windows,
                 &mut hits,
-                per_round,
+                &counts,
                 p,
                 rng,
                 half,
@@ -403,6 +488,11 @@ pub fn polish<O: Oracle + ?Sized>(
                 projected,
             )?;
         }
+        for &ei in &active {
+            placed_total[ei] += hits[ei].0;
+            confirmed_total[ei] += points[ei].len() - held[ei];
+        }
+        let t_fit = std::time::Instant::now();
         // Independent per neuron (an SVD of up to ~4·(dim+1) rows each): both cores.
         let fits: Vec<(usize, Option<Fitted>)> = {
             use rayon::prelude::*;
@@ -417,6 +507,7 @@ pub fn polish<O: Oracle + ?Sized>(
                 })
                 .collect()
         };
+        stats.fit_s += t_fit.elapsed().as_secs_f64();
         // Most windows missed: the estimate is further off than the window assumes.
         let missed: Vec<usize> = active
             .iter()
@@ -496,6 +587,20 @@ mod tests {
         assert!((theta[3] - truth[3]).abs() < 1e-5, "{theta:?}");
         // Unconstrained by the points: stays at the prior's value (scaled).
         assert!((theta[2] - 2e-3).abs() < 1e-4, "{theta:?}");
+    }
+
+    #[test]
+    fn topups_ask_for_what_is_lacking_over_the_rate() {
+        // 10 lacking at a rate of one half: 10 · 1.25 / 0.5.
+        assert_eq!(topup_count(90, 100.0, 200, 100, 1000), 25);
+        // Nothing placed yet: the rate is taken as 1.
+        assert_eq!(topup_count(90, 100.0, 0, 0, 1000), 13);
+        // A rate below `TOPUP_RATE_MIN` counts as that rate.
+        assert_eq!(topup_count(90, 100.0, 100, 1, 1000), 50);
+        // At most a first round's worth, and at least one point (even with enough held: a neuron
+        // without a fit still needs new evidence).
+        assert_eq!(topup_count(0, 1000.0, 10, 10, 300), 300);
+        assert_eq!(topup_count(500, 100.0, 10, 10, 300), 2);
     }
 
     /// A balanced 12-8-6-1 net and its first layer's 8 rows (weights, then bias), unit-normalised.
