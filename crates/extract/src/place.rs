@@ -100,6 +100,9 @@ fn mul(a: &Mat<f64>, b: faer::MatRef<'_, f64>) -> Mat<f64> {
     out
 }
 
+/// [`project_crossings`] for one block of starts: Newton steps in the first known layer's
+/// pre-activation space (`gram` is `W₁W₁ᵀ`), then each landed start's window; without known layers,
+/// one exact step onto each estimate's plane in input space.
 fn project_block(
     known: &KnownPrefix,
     gram: Option<&Mat<f64>>,
