@@ -58,6 +58,14 @@ impl KnownPrefix {
         }
     }
 
+    /// `W₁W₁ᵀ` of the first known layer (`None` without known layers): what takes a step written in
+    /// the first layer's pre-activations back to input-space lengths (Jacobian-free geometry, ranked
+    /// walks, projected placement).
+    pub fn first_layer_gram(&self) -> Option<Mat<f64>> {
+        let w1 = &self.layers.first()?.weight;
+        Some(w1 * w1.transpose())
+    }
+
     /// Width of the output of the known prefix (`d0` when empty).
     pub fn out_dim(&self) -> usize {
         self.layers

@@ -760,7 +760,7 @@ impl FirstLayerMap {
         if w1.nrows() > w1.ncols() {
             return None;
         }
-        let g = w1 * w1.transpose();
+        let g = known.first_layer_gram()?;
         Some(Self {
             llt: g.llt(faer::Side::Lower).ok()?,
         })

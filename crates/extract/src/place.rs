@@ -67,18 +67,7 @@ pub fn project_crossings(
 ) -> Vec<Option<Placed>> {
     use rayon::prelude::*;
     // G = W₁W₁ᵀ of the first known layer, once for all blocks.
-    let gram = known.layers.first().map(|l| {
-        let mut g = Mat::<f64>::zeros(l.fan_out(), l.fan_out());
-        faer::linalg::matmul::matmul(
-            g.as_mut(),
-            faer::Accum::Replace,
-            l.weight.as_ref(),
-            l.weight.transpose(),
-            1.0,
-            faer::Par::rayon(0),
-        );
-        g
-    });
+    let gram = known.first_layer_gram();
     let blocks: Vec<&[(&[f64], Vec<f64>)]> = jobs.chunks(BLOCK).collect();
     blocks
         .into_par_iter()
@@ -88,16 +77,7 @@ pub fn project_crossings(
 
 /// `a · b`, sequential (the blocks themselves run in parallel); `b` is often a weight's transpose.
 fn mul(a: &Mat<f64>, b: faer::MatRef<'_, f64>) -> Mat<f64> {
-    let mut out = Mat::<f64>::zeros(a.nrows(), b.ncols());
-    faer::linalg::matmul::matmul(
-        out.as_mut(),
-        faer::Accum::Replace,
-        a.as_ref(),
-        b,
-        1.0,
-        faer::Par::Seq,
-    );
-    out
+    mul_t(a.as_ref(), b)
 }
 
 /// [`project_crossings`] for one block of starts: Newton steps in the first known layer's

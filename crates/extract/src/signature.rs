@@ -134,8 +134,7 @@ struct FirstLayerGram {
 
 /// [`FirstLayerGram`] of the first known layer; `None` on the first layer.
 fn first_layer_gram(known: &KnownPrefix) -> Option<FirstLayerGram> {
-    let w1 = &known.layers.first()?.weight;
-    let gram = w1 * w1.transpose();
+    let gram = known.first_layer_gram()?;
     let factor = gram.llt(faer::Side::Lower).ok().and_then(|llt| {
         let l = llt.L();
         let diag = (0..l.nrows()).map(|i| l[(i, i)].abs());
