@@ -8,6 +8,10 @@
 //! points found through the oracle, then every point probed on 32 units (`--probe-units 32`, the
 //! screening of layer 2 and 3) and the first 16 measured in full. Prints the median of 3 repetitions.
 //!
+//! `ARCH` [3072-256-256-256-10] picks another balanced net on 3072 inputs and `DEPTHS` [1,2] the
+//! known depths, comma-separated: `ARCH=3072-256-256-256-256-256-256-256-256-10 DEPTHS=5` screens a
+//! line of the 3072-256×8-10's sixth layer.
+//!
 //! `cargo bench -p netxray-extract --bench deep_geometry` (about 3 minutes on 2 cores).
 
 use netxray_extract::critical::{Line, find_critical_points};
@@ -30,7 +34,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let arch: Arch = "3072-256-256-256-10".parse().expect("arch");
+    let arch: Arch = std::env::var("ARCH")
+        .unwrap_or_else(|_| "3072-256-256-256-10".to_string())
+        .parse()
+        .expect("ARCH");
+    let depths: Vec<usize> = std::env::var("DEPTHS")
+        .unwrap_or_else(|_| "1,2".to_string())
+        .split(',')
+        .map(|d| d.parse().expect("DEPTHS"))
+        .collect();
     let net = Network::random(&arch, InitRecipe::Balanced, 7);
     let p = ExtractParams::default();
     let d0 = 3072;
@@ -41,7 +53,7 @@ fn main() {
     let target = NetworkOracle::new(net.clone());
     let oracle = CountingOracle::new(&target, None);
     let mut rng = ChaCha20Rng::seed_from_u64(1);
-    for depth in [1usize, 2] {
+    for depth in depths {
         let known = KnownPrefix {
             layers: net.layers()[..depth].to_vec(),
             input_dim: d0,

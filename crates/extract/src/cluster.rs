@@ -44,6 +44,9 @@ pub struct NeuronEstimate {
     /// Weight of a hyperplane row relative to a (unit) signature row (see
     /// [`crate::params::ExtractParams::hyperplane_weight`]).
     hyperplane_weight: f64,
+    /// Dense solves by inverse iteration from the current `theta` (see
+    /// [`NeuronBank::for_wide_layer`]); `gap` is then not computed (`NaN`).
+    inverse_iteration: bool,
 }
 
 /// Fewest signature rows a partial witness needs to extend an estimate by one unit (see
@@ -117,6 +120,7 @@ impl NeuronEstimate {
             fulls: Vec::new(),
             dirty: false,
             born: 0,
+            inverse_iteration: false,
         }
     }
 
@@ -223,7 +227,13 @@ impl NeuronEstimate {
             self.fulls.clear();
         }
         let m = Mat::<f64>::from_fn(all.len(), cols.len(), |i, j| all[i][cols[j]]);
-        if let Some((x, res, gap)) = null_vector(&m) {
+        let solved = if self.inverse_iteration {
+            let start: Vec<f64> = cols.iter().map(|&c| self.theta[c]).collect();
+            crate::linalg::null_vector_iterated(&m, &start)
+        } else {
+            null_vector(&m)
+        };
+        if let Some((x, res, gap)) = solved {
             let mut theta = vec![0.0; dim + 1];
             for (j, &c) in cols.iter().enumerate() {
                 theta[c] = x[j];
@@ -490,6 +500,8 @@ pub struct NeuronBank {
     /// Current witness-collection round (stamped on new estimates).
     pub round: usize,
     hyperplane_weight: f64,
+    /// See [`Self::for_wide_layer`].
+    wide: bool,
 }
 
 /// Tolerances for the bank.
@@ -513,7 +525,24 @@ impl NeuronBank {
             estimates: Vec::new(),
             dim,
             round: 0,
+            wide: false,
         }
+    }
+
+    /// The bank for a wide deep layer, where its algebra was a quarter of the witness rounds
+    /// (layer 6 of the 3072-256×8-10, 256 wide; the bench in `docs/extraction.md`, "Session 34"):
+    /// - every estimate it starts is solved by inverse iteration from its current solution
+    ///   (`linalg::null_vector_iterated`) instead of an SVD: on 257 unknowns a solve then costs the
+    ///   QR alone, about a third of QR and SVD;
+    /// - [`Self::attach_points`] tests a batch of points against every hyperplane as one matrix
+    ///   product instead of a dot product per pair.
+    ///
+    /// Both round differently (residuals agree with the SVD's to ~0.1 %), and rounding alone can
+    /// change a bank's course where a join sits at its bound: the acceptance nets' layers keep the
+    /// arithmetic they were measured with (see `layer::recover_layer`).
+    pub fn for_wide_layer(mut self) -> Self {
+        self.wide = true;
+        self
     }
 
     /// Finds an estimate whose hyperplane holds the point; attaches it there (no queries needed).
@@ -536,6 +565,65 @@ impl NeuronBank {
             return true;
         }
         false
+    }
+
+    /// [`Self::attach_point`] for each point of a batch (previous-layer activations `hs`, from lines
+    /// `lines`), in order; whether each was attached. Attaching adds a row but changes neither an
+    /// estimate's solution nor its known units (the joint solve waits), so every point sees the bank
+    /// as it was and the batch can be one product. On a [wide](Self::for_wide_layer) bank it is:
+    /// `H Θᵀ` for the hyperplanes, and the product of the points' active units with the estimates'
+    /// unknown ones for the points an estimate does not constrain (exact: counts of 0/1 entries).
+    pub fn attach_points(&mut self, hs: &[Vec<f64>], lines: &[usize], tol: &BankTol) -> Vec<bool> {
+        if !self.wide {
+            return hs
+                .iter()
+                .zip(lines)
+                .map(|(h, &line)| self.attach_point(h, line, tol))
+                .collect();
+        }
+        let candidates: Vec<usize> = (0..self.estimates.len())
+            .filter(|&i| self.estimates[i].witnesses > 0)
+            .collect();
+        let (n, c, dim) = (hs.len(), candidates.len(), self.dim);
+        if n == 0 || c == 0 {
+            return vec![false; n];
+        }
+        let est = &self.estimates;
+        let h = Mat::<f64>::from_fn(n, dim, |i, j| hs[i][j]);
+        let theta = Mat::<f64>::from_fn(dim, c, |j, k| est[candidates[k]].theta[j]);
+        let on = Mat::<f64>::from_fn(n, dim, |i, j| if hs[i][j] != 0.0 { 1.0 } else { 0.0 });
+        let unknown = Mat::<f64>::from_fn(dim, c, |j, k| {
+            if est[candidates[k]].known[j] {
+                0.0
+            } else {
+                1.0
+            }
+        });
+        let (z, missing) = (&h * &theta, &on * &unknown);
+        let best: Vec<Option<usize>> = (0..n)
+            .map(|i| {
+                let hn = norm(&hs[i]);
+                let mut best: Option<(usize, f64)> = None;
+                for (k, &e) in candidates.iter().enumerate() {
+                    if missing[(i, k)] != 0.0 {
+                        continue;
+                    }
+                    let b = est[e].theta[dim];
+                    let d = (z[(i, k)] + b).abs() / (hn + b.abs()).max(f64::MIN_POSITIVE);
+                    if d <= tol.plane_tol && best.is_none_or(|(_, bd)| d < bd) {
+                        best = Some((e, d));
+                    }
+                }
+                best.map(|(e, _)| e)
+            })
+            .collect();
+        best.iter()
+            .zip(hs.iter().zip(lines))
+            .map(|(b, (h, &line))| {
+                b.inspect(|&e| self.estimates[e].add_point(h, line))
+                    .is_some()
+            })
+            .collect()
     }
 
     /// Re-solves every estimate that gained rows since its last solve.
@@ -643,6 +731,7 @@ impl NeuronBank {
         }
         if w.full.is_some() {
             let mut e = NeuronEstimate::new(self.dim, self.hyperplane_weight);
+            e.inverse_iteration = self.wide;
             e.born = self.round;
             e.add_witness(w);
             e.solve();
@@ -792,6 +881,59 @@ mod tests {
                 dense.residual
             );
             assert!(close(span.gap, dense.gap), "{} {}", span.gap, dense.gap);
+        }
+    }
+
+    /// A wide bank's batched plane test attaches the same points to the same estimates as the
+    /// point-by-point one (its solves are `linalg::null_vector_iterated`'s, tested there).
+    #[test]
+    fn wide_bank_attaches_and_solves_as_the_plain_one() {
+        let mut rng = ChaCha20Rng::seed_from_u64(17);
+        let dim = 20;
+        let tol = BankTol {
+            cluster_tol: 1e-6,
+            min_common: 4,
+            plane_tol: 1e-8,
+            residual_max: 1e-6,
+        };
+        let thetas: Vec<Vec<f64>> = (0..6)
+            .map(|_| (0..=dim).map(|_| rng.random_range(-1.0..1.0)).collect())
+            .collect();
+        let mut plain = NeuronBank::new(dim, 10.0);
+        for (i, t) in thetas.iter().enumerate() {
+            let mut e = NeuronEstimate::with_row(t.clone(), 10.0);
+            // Estimate 1 does not know units 0–4; estimate 5 has no witness yet (never attached to).
+            if i == 1 {
+                e.known[..5].iter_mut().for_each(|k| *k = false);
+            }
+            if i != 5 {
+                e.add_point(&vec![0.3; dim], 0);
+            }
+            plain.estimates.push(e);
+        }
+        let mut wide = plain.clone().for_wide_layer();
+        // Points on each hyperplane (some with units 0–4 off), near misses, and random points.
+        let mut hs = Vec::new();
+        for t in &thetas {
+            for off in [0.0, 1e-10, 1e-6] {
+                let mut h: Vec<f64> = (0..dim).map(|_| rng.random_range(0.0..1.0)).collect();
+                if rng.random_range(0.0..1.0) < 0.5 {
+                    h[..5].iter_mut().for_each(|v| *v = 0.0);
+                }
+                // Move h along unit 10 onto the plane θ·h + b = off.
+                let z: f64 = (0..dim).map(|j| t[j] * h[j]).sum::<f64>() + t[dim];
+                h[10] += (off - z) / t[10];
+                hs.push(h);
+            }
+        }
+        let lines: Vec<usize> = (0..hs.len()).collect();
+        let a = plain.attach_points(&hs, &lines, &tol);
+        let b = wide.attach_points(&hs, &lines, &tol);
+        assert_eq!(a, b);
+        assert!(a.iter().filter(|&&x| x).count() >= 8, "{a:?}");
+        for (p, w) in plain.estimates.iter().zip(&wide.estimates) {
+            assert_eq!(p.witnesses, w.witnesses);
+            assert_eq!(p.lines, w.lines);
         }
     }
 

@@ -210,7 +210,12 @@ impl KnownPrefix {
     /// one forward pass instead of a product of every layer with the directions. `None` when `x` is
     /// in another region than the one the rates were taken in.
     pub fn margin_in_region(&self, x: &[f64], rates: &MarginRates) -> Option<f64> {
-        let pre = self.pre_activations(x, self.layers.len());
+        Self::margin_in_region_of(&self.pre_activations(x, self.layers.len()), rates)
+    }
+
+    /// [`Self::margin_in_region`] from the point's pre-activations in every known layer (as
+    /// [`Self::forward_rows`] gives them for a batch of points).
+    pub fn margin_in_region_of(pre: &[Vec<f64>], rates: &MarginRates) -> Option<f64> {
         if !pre
             .iter()
             .flatten()

@@ -402,8 +402,12 @@ fn attach_or_measure<O: Oracle + ?Sized>(
     let clock = std::time::Instant::now();
     let n_points = cps.len();
     let inputs = layer_inputs(&cps);
-    for (cp, h) in cps.into_iter().zip(inputs) {
-        if bank.attach_point(&h, cp.line, tol) {
+    let line_of: Vec<usize> = cps.iter().map(|cp| cp.line).collect();
+    for (cp, attached) in cps
+        .into_iter()
+        .zip(bank.attach_points(&inputs, &line_of, tol))
+    {
+        if attached {
             out.attached_points += 1;
         } else {
             to_measure.push(cp);
@@ -432,8 +436,10 @@ fn attach_or_measure<O: Oracle + ?Sized>(
         to_measure = Vec::new();
         let mut joined = 0usize;
         let inputs = layer_inputs(&partners);
-        for (cp, h) in partners.into_iter().zip(inputs) {
-            if bank.attach_point(&h, cp.line, tol) {
+        let line_of: Vec<usize> = partners.iter().map(|cp| cp.line).collect();
+        let attached = bank.attach_points(&inputs, &line_of, tol);
+        for (cp, attached) in partners.into_iter().zip(attached) {
+            if attached {
                 out.attached_points += 1;
                 joined += 1;
             } else {
@@ -1374,6 +1380,11 @@ pub fn recover_layer<O: Oracle + ?Sized>(
         None
     };
     let mut bank = NeuronBank::new(dim, p.hyperplane_weight);
+    if deeper_screening {
+        // Behind a wide prefix the bank's algebra was a quarter of a deep layer's witness rounds
+        // (layer 6 of the 3072-256×8-10); elsewhere it stays as the acceptance runs measured it.
+        bank = bank.for_wide_layer();
+    }
     let mut lines: Vec<Line> = Vec::new();
     // Validation verdicts, keyed by the estimate's first anchor (stable across merges of others).
     let mut validated: std::collections::HashMap<Vec<u64>, bool> = std::collections::HashMap::new();

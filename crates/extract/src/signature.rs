@@ -161,11 +161,19 @@ fn gram_geometry(
     gram: &FirstLayerGram,
     x: &[f64],
     coords: Option<&[usize]>,
+    pre: Option<&[Vec<f64>]>,
 ) -> GramOutcome {
     let d0 = known.input_dim;
     let w1 = &known.layers[0].weight;
     // The prefix's own forward pass, so `h` and the active sets are those of the SVD path.
-    let pre = known.pre_activations(x, known.layers.len());
+    let own;
+    let pre = match pre {
+        Some(pre) => pre,
+        None => {
+            own = known.pre_activations(x, known.layers.len());
+            &own[..]
+        }
+    };
     // Rank bound of J from the earlier layers' active counts.
     let rank_bound = pre[..pre.len() - 1]
         .iter()
@@ -193,7 +201,7 @@ fn gram_geometry(
         // point, and `P` costs seven `256³` products.
         return GramOutcome::Done(None);
     }
-    let pa = first_layer_rows(known, &pre, &active);
+    let pa = first_layer_rows(known, pre, &active);
     let factor = gram
         .factor
         .as_ref()
@@ -213,6 +221,15 @@ fn gram_geometry(
         let Some(l) = factor else {
             return GramOutcome::Fallback;
         };
+        if wide_first_layer(known)
+            && lmax > 0.0
+            && lmin > GRAM_QR_COND_MIN * GRAM_QR_COND_MIN * lmax
+        {
+            if picked.is_empty() {
+                return GramOutcome::Done(None);
+            }
+            return qr_gram_geometry(w1, l, &pa, active, &picked, h);
+        }
         return svd_gram_geometry(w1, l, &pa, active, &picked, coords.is_some(), h);
     }
     let Ok(llt) = k.llt(faer::Side::Lower) else {
@@ -226,10 +243,21 @@ fn gram_geometry(
         |i, c| if i == picked[c] { 1.0 } else { 0.0 },
     );
     let w1t = w1.transpose();
-    let mut u = w1t * (pa.transpose() * llt.solve(&e));
-    // One refinement step: the residual of J_A u = e, computed as P_A (W₁ u).
-    let res = &e - &pa * (w1 * &u);
-    u += w1t * (pa.transpose() * llt.solve(&res));
+    let u = if wide_first_layer(known) {
+        // The same refinement in first-layer space: `u = W₁ᵀ v` gives `W₁ u = G v`, so the residual
+        // needs no product with the wide `W₁`, and `u` is formed once at the end (one `d0 × n₁`
+        // product instead of three).
+        let mut v = pa.transpose() * llt.solve(&e);
+        let res = &e - &pa * (&gram.gram * &v);
+        v += pa.transpose() * llt.solve(&res);
+        w1t * &v
+    } else {
+        let mut u = w1t * (pa.transpose() * llt.solve(&e));
+        // One refinement step: the residual of J_A u = e, computed as P_A (W₁ u).
+        let res = &e - &pa * (w1 * &u);
+        u += w1t * (pa.transpose() * llt.solve(&res));
+        u
+    };
     let Some((dirs, scale)) = unit_columns(&u) else {
         return GramOutcome::Fallback;
     };
@@ -238,6 +266,59 @@ fn gram_geometry(
         h,
         dirs: Dirs::Mat(Arc::new(dirs)),
         a_rows: Mat::<f64>::zeros(0, known.out_dim()),
+        full_scale: Some(scale),
+        margin_rates: None,
+    }))
+}
+
+/// `cond(J_A)` from which a point the normal equations cannot take ([`GRAM_COND_MIN`]) has its
+/// pseudo-inverse columns from a QR factorisation instead of an SVD ([`qr_gram_geometry`]), behind a
+/// wide first layer. The eigenvalues of `K = J_A J_Aᵀ` are good to ~`n ε λ_max` (3e-14 of it at
+/// `n = 256`), so `λ_min > 1e-12 λ_max` proves `cond(J_A)` far above the SVD path's 1e-9 cut: the
+/// SVD would take its full-rank branch, and the QR gives the same columns. Behind five known layers
+/// of the 3072-256×8-10 three in five screened points needing more than the normal equations fell
+/// here, and their SVDs were most of the screening's geometry (`DEPTHS=5` of
+/// `benches/deep_geometry.rs`).
+const GRAM_QR_COND_MIN: f64 = 1e-6;
+
+/// [`svd_gram_geometry`]'s full-row-rank answer by a QR factorisation: with `Mᵀ = Q R` (`M = P_A L`,
+/// `Q` `n₁ × |A|`), `M⁺ = Q R⁻ᵀ`, so the picked pseudo-inverse columns are `Q R⁻ᵀ e_k`, mapped to input
+/// space as there. The caller has established full row rank ([`GRAM_QR_COND_MIN`]).
+fn qr_gram_geometry(
+    w1: &Mat<f64>,
+    l: &Mat<f64>,
+    pa: &Mat<f64>,
+    active: Vec<usize>,
+    picked: &[usize],
+    h: Vec<f64>,
+) -> GramOutcome {
+    use faer::linalg::triangular_solve::{
+        solve_lower_triangular_in_place, solve_upper_triangular_in_place,
+    };
+    let mt = (pa * l).transpose().to_owned();
+    let qr = mt.qr();
+    let r = qr.R();
+    let n = active.len();
+    if r.nrows() != n || (0..n).any(|i| !(r[(i, i)] != 0.0 && r[(i, i)].is_finite())) {
+        return GramOutcome::Fallback;
+    }
+    let mut x = Mat::<f64>::from_fn(
+        n,
+        picked.len(),
+        |i, c| if i == picked[c] { 1.0 } else { 0.0 },
+    );
+    solve_lower_triangular_in_place(r.transpose(), x.as_mut(), faer::Par::Seq);
+    let mut cols = qr.compute_thin_Q() * &x;
+    // `W₁ᵀ L⁻ᵀ X`: input-space directions from first-layer-space columns.
+    solve_upper_triangular_in_place(l.transpose(), cols.as_mut(), faer::Par::Seq);
+    let Some((dirs, scale)) = unit_columns(&(w1.transpose() * &cols)) else {
+        return GramOutcome::Fallback;
+    };
+    GramOutcome::Done(Some(Geometry {
+        active: picked.iter().map(|&k| active[k]).collect(),
+        a_rows: Mat::<f64>::zeros(0, h.len()),
+        h,
+        dirs: Dirs::Mat(Arc::new(dirs)),
         full_scale: Some(scale),
         margin_rates: None,
     }))
@@ -259,6 +340,9 @@ fn unit_columns(m: &Mat<f64>) -> Option<(Mat<f64>, Vec<f64>)> {
 /// `P_A`: the rows of the prefix's Jacobian with respect to the first layer's pre-activations `z₁`
 /// (`J = P W₁`) for the last layer's units `active`, with the ReLU pattern of `pre`.
 fn first_layer_rows(known: &KnownPrefix, pre: &[Vec<f64>], active: &[usize]) -> Mat<f64> {
+    if wide_first_layer(known) {
+        return first_layer_rows_on_active(known, pre, active);
+    }
     let n1 = known.layers[0].fan_out();
     let mut p = Mat::<f64>::zeros(0, n1);
     for (li, (l, z)) in known.layers.iter().zip(pre).enumerate() {
@@ -274,6 +358,35 @@ fn first_layer_rows(known: &KnownPrefix, pre: &[Vec<f64>], active: &[usize]) -> 
         };
     }
     Mat::<f64>::from_fn(active.len(), n1, |i, j| p[(active[i], j)])
+}
+
+/// [`first_layer_rows`] through the active units only: `P = D_L W_L ⋯ W₂ D₁` has zero rows at every
+/// inactive unit of each layer and zero columns at the first layer's inactive units, so each product
+/// is of the active blocks `W_l[on_l, on_{l−1}]`, about an eighth of the full `n_l × n_{l−1} × n₁`
+/// product when half the units are on. Same values up to the order of the sums (the skipped terms
+/// are exact zeros).
+fn first_layer_rows_on_active(known: &KnownPrefix, pre: &[Vec<f64>], active: &[usize]) -> Mat<f64> {
+    let n1 = known.layers[0].fan_out();
+    let on = |z: &Vec<f64>| -> Vec<usize> { (0..z.len()).filter(|&i| z[i] > 0.0).collect() };
+    let on1 = on(&pre[0]);
+    // Rows: the active units of layer `l` (`prev`); columns: `on1`.
+    let mut prev = on1.clone();
+    let mut p = Mat::<f64>::identity(on1.len(), on1.len());
+    for (l, z) in known.layers.iter().zip(pre).skip(1) {
+        let rows = on(z);
+        let w = Mat::<f64>::from_fn(rows.len(), prev.len(), |i, j| l.weight[(rows[i], prev[j])]);
+        p = &w * &p;
+        prev = rows;
+    }
+    // `active` are the last layer's active units, which are `prev`, in the same order.
+    debug_assert_eq!(prev, active);
+    let mut pa = Mat::<f64>::zeros(active.len(), n1);
+    for (c, &j) in on1.iter().enumerate() {
+        for i in 0..active.len() {
+            pa[(i, j)] = p[(i, c)];
+        }
+    }
+    pa
 }
 
 /// Smallest `s_min/s_max` of the first layer's `W₁` for which [`svd_gram_geometry`] works through
@@ -383,6 +496,9 @@ fn svd_gram_geometry(
     }))
 }
 
+/// A point's pattern (every known unit on or off), `h` and the known layers' pre-activations.
+type PointState = (Vec<bool>, Vec<f64>, Vec<Vec<f64>>);
+
 /// [`geometry`] at every point, computed once per activation pattern of the known prefix.
 ///
 /// Past the first layer everything in a [`Geometry`] but `h` is a function of the known layers'
@@ -408,12 +524,23 @@ fn geometries(
             .collect();
     }
     let depth = known.layers.len();
+    let pres: Vec<Vec<Vec<f64>>> = if wide_first_layer(known) {
+        known
+            .forward_rows(&cps.iter().map(at).collect::<Vec<_>>())
+            .into_iter()
+            .map(|(pre, _)| pre)
+            .collect()
+    } else {
+        cps.par_iter()
+            .map(|cp| known.pre_activations(&at(cp), depth))
+            .collect()
+    };
     // Pattern (every known unit's state, as `geometry` decides it: on iff the pre-activation is
-    // positive) and `h` per point; a non-finite pre-activation is left to `geometry` alone.
-    let local: Vec<Option<(Vec<bool>, Vec<f64>)>> = cps
-        .par_iter()
-        .map(|cp| {
-            let pre = known.pre_activations(&at(cp), depth);
+    // positive), `h` and the pre-activations per point; a non-finite pre-activation is left to
+    // `geometry` alone.
+    let local: Vec<Option<PointState>> = pres
+        .into_par_iter()
+        .map(|pre| {
             if pre.iter().flatten().any(|v| !v.is_finite()) {
                 return None;
             }
@@ -423,7 +550,7 @@ fn geometries(
                 .iter()
                 .map(|&v| if v <= 0.0 { 0.0 } else { v })
                 .collect();
-            Some((pattern, h))
+            Some((pattern, h, pre))
         })
         .collect();
     let mut rep_of: std::collections::HashMap<&[bool], usize> = std::collections::HashMap::new();
@@ -432,7 +559,7 @@ fn geometries(
         .iter()
         .enumerate()
         .map(|(i, l)| {
-            l.as_ref().map(|(pattern, _)| {
+            l.as_ref().map(|(pattern, _, _)| {
                 *rep_of.entry(pattern.as_slice()).or_insert_with(|| {
                     reps.push(i);
                     reps.len() - 1
@@ -444,7 +571,8 @@ fn geometries(
         .par_iter()
         .map(|&i| {
             let x = at(&cps[i]);
-            geometry(known, &x, coords, gram).map(|mut g| {
+            let pre = local[i].as_ref().map(|(_, _, pre)| &pre[..]);
+            geometry_from(known, &x, coords, gram, pre).map(|mut g| {
                 if let Dirs::Mat(m) = &g.dirs {
                     g.margin_rates = Some(Arc::new(known.margin_rates(&x, m)));
                 }
@@ -456,7 +584,7 @@ fn geometries(
         .zip(slot)
         .zip(local)
         .map(|((cp, s), l)| match (s, l) {
-            (Some(r), Some((_, h))) => shared[r].as_ref().map(|g| Geometry { h, ..g.clone() }),
+            (Some(r), Some((_, h, _))) => shared[r].as_ref().map(|g| Geometry { h, ..g.clone() }),
             _ => geometry(known, &at(cp), coords, gram),
         })
         .collect()
@@ -468,9 +596,20 @@ fn geometry(
     coords: Option<&[usize]>,
     gram: Option<&FirstLayerGram>,
 ) -> Option<Geometry> {
+    geometry_from(known, x, coords, gram, None)
+}
+
+/// [`geometry`] given the known layers' pre-activations at `x`, when the caller already has them.
+fn geometry_from(
+    known: &KnownPrefix,
+    x: &[f64],
+    coords: Option<&[usize]>,
+    gram: Option<&FirstLayerGram>,
+    pre: Option<&[Vec<f64>]>,
+) -> Option<Geometry> {
     let d0 = known.input_dim;
     if let Some(g) = gram
-        && let GramOutcome::Done(geo) = gram_geometry(known, g, x, coords)
+        && let GramOutcome::Done(geo) = gram_geometry(known, g, x, coords, pre)
     {
         return geo;
     }
@@ -659,6 +798,24 @@ const PROBE_STENCIL_MIN: f64 = 1e-5;
 /// Memory budget of the stencil directions of the points measured together (see [`measure_on`]).
 const GEOMETRY_BYTES_MAX: usize = 1 << 30;
 
+/// Size of the first known layer (`n₁ × d0` weights) from which the critical points' and stencil
+/// centres' forward passes through the prefix go as one batched product ([`KnownPrefix::forward_rows`])
+/// instead of one matrix-vector product per point. A first layer this large (4 MiB) does not stay in
+/// cache, so every matrix-vector product streams it from memory: behind five known layers of the
+/// 3072-256×8-10 (6 MiB) these passes were about a third of a screened line's offline work
+/// (`DEPTHS=5` of `benches/deep_geometry.rs`). Smaller first layers (the acceptance nets': 784 × 16,
+/// 784 × 128) keep the per-point passes their runs were measured with: the batched product rounds
+/// differently, and rounding alone can change a run's course (see `FIRST_LAYER_SVD_MIN_JACOBIAN`).
+const WIDE_FIRST_LAYER_MIN_WEIGHTS: usize = 1 << 19;
+
+/// Whether [`WIDE_FIRST_LAYER_MIN_WEIGHTS`] applies to `known`.
+fn wide_first_layer(known: &KnownPrefix) -> bool {
+    known
+        .layers
+        .first()
+        .is_some_and(|l| l.fan_in() * l.fan_out() >= WIDE_FIRST_LAYER_MIN_WEIGHTS)
+}
+
 fn measure_chunk<O: Oracle + ?Sized>(
     oracle: &CountingOracle<'_, O>,
     known: &KnownPrefix,
@@ -694,23 +851,60 @@ fn measure_chunk<O: Oracle + ?Sized>(
         let s = stencil_half_width(cp);
         (s, lines[cp.line].at(cp.t - s), lines[cp.line].at(cp.t + s))
     };
+    // Behind a wide first layer the centres' pre-activations come from one batched forward pass
+    // (see `wide_first_layer`), in the order of the points that have shared rates.
+    let centre_pres: Vec<Vec<Vec<f64>>> = if wide_first_layer(known) {
+        let xs: Vec<Vec<f64>> = cps
+            .iter()
+            .zip(&geos)
+            .filter(|(_, g)| g.as_ref().is_some_and(|g| g.margin_rates.is_some()))
+            .flat_map(|(cp, _)| {
+                let (_, xa, xb) = centres_of(cp);
+                [xa, xb]
+            })
+            .collect();
+        known
+            .forward_rows(&xs)
+            .into_iter()
+            .map(|(pre, _)| pre)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut next_centre = 0;
+    let centre_of: Vec<Option<usize>> =
+        geos.iter()
+            .map(|g| {
+                (!centre_pres.is_empty() && g.as_ref().is_some_and(|g| g.margin_rates.is_some()))
+                    .then(|| {
+                        next_centre += 2;
+                        next_centre - 2
+                    })
+            })
+            .collect();
     let margins: Vec<f64> = cps
         .par_iter()
         .zip(geos.par_iter())
+        .zip(centre_of.par_iter())
         .map(
-            |(cp, geo)| match geo.as_ref().map(|g| (&g.dirs, &g.margin_rates)) {
+            |((cp, geo), centre)| match geo.as_ref().map(|g| (&g.dirs, &g.margin_rates)) {
                 None => 0.0,
                 // No known layer to keep still.
                 Some((Dirs::Coords(_), _)) => f64::INFINITY,
                 Some((Dirs::Mat(m), rates)) => {
                     let (_, xa, xb) = centres_of(cp);
-                    let at = |x: &[f64]| {
+                    let at = |x: &[f64], side: usize| {
                         rates
                             .as_ref()
-                            .and_then(|r| known.margin_in_region(x, r))
+                            .and_then(|r| match centre {
+                                Some(c) => {
+                                    KnownPrefix::margin_in_region_of(&centre_pres[c + side], r)
+                                }
+                                None => known.margin_in_region(x, r),
+                            })
                             .unwrap_or_else(|| known.margin(x, m))
                     };
-                    at(&xa).min(at(&xb))
+                    at(&xa, 0).min(at(&xb, 1))
                 }
             },
         )
@@ -1051,6 +1245,99 @@ mod tests {
         assert!(oracle.queries() > q2, "a full measurement was skipped");
     }
 
+    /// Behind a wide first layer (the active-block products of `first_layer_rows_on_active`, the
+    /// refinement in first-layer space) the Gram path still gives the SVD path's directions and
+    /// scales, for full measurements and probes.
+    #[test]
+    fn wide_gram_geometry_matches_the_svd_path() {
+        let net = Network::random(
+            &"1024-512-24-16-1".parse::<Arch>().unwrap(),
+            InitRecipe::Balanced,
+            8,
+        );
+        let mut rng = ChaCha20Rng::seed_from_u64(4);
+        let mut compared = 0;
+        for depth in 2..=3 {
+            let known = KnownPrefix {
+                layers: net.layers()[..depth].to_vec(),
+                input_dim: 1024,
+            };
+            assert!(wide_first_layer(&known));
+            let gram = first_layer_gram(&known).unwrap();
+            let probe = [1usize, 4, 6, 9];
+            for _ in 0..12 {
+                let x: Vec<f64> = (0..1024).map(|_| rng.random_range(-1.0..1.0)).collect();
+                for coords in [None, Some(&probe[..])] {
+                    let fast = geometry(&known, &x, coords, Some(&gram));
+                    let slow = geometry(&known, &x, coords, None);
+                    let (Some(f), Some(s)) = (fast, slow) else {
+                        continue;
+                    };
+                    if s.full_scale.is_none() {
+                        continue;
+                    }
+                    assert_eq!(f.active, s.active);
+                    let (Dirs::Mat(fd), Dirs::Mat(sd)) = (&f.dirs, &s.dirs) else {
+                        panic!("deeper layers move along matrices");
+                    };
+                    assert!((&**fd - &**sd).norm_max() < 1e-9, "directions");
+                    for (a, b) in f.full_scale.unwrap().iter().zip(s.full_scale.unwrap()) {
+                        assert!((a / b - 1.0).abs() < 1e-9, "scale {a} against {b}");
+                    }
+                    compared += 1;
+                }
+            }
+        }
+        assert!(compared >= 10, "only {compared} points compared");
+    }
+
+    /// The QR path gives the SVD path's full-row-rank directions and scales, on a moderately
+    /// ill-conditioned `P_A` (the points it takes: `cond(J_A)` between 1e-6 and 1e-4).
+    #[test]
+    fn qr_gram_geometry_matches_the_svd_path() {
+        let mut rng = ChaCha20Rng::seed_from_u64(21);
+        let (d0, n1, na) = (90, 24, 14);
+        let w1 = Mat::<f64>::from_fn(n1, d0, |_, _| rng.random_range(-1.0..1.0));
+        let gram = &w1 * w1.transpose();
+        let l = gram
+            .llt(faer::Side::Lower)
+            .expect("W₁ has full row rank")
+            .L()
+            .to_owned();
+        // Rows with a spread of scales down to 1e-5, then mixed: an ill-conditioned but full-rank P_A.
+        let mut pa = Mat::<f64>::from_fn(na, n1, |_, _| rng.random_range(-1.0..1.0));
+        for i in 0..na {
+            let sc = 10f64.powf(-5.0 * i as f64 / (na - 1) as f64);
+            pa.row_mut(i).iter_mut().for_each(|v| *v *= sc);
+        }
+        let mix = Mat::<f64>::from_fn(na, na, |_, _| rng.random_range(-1.0..1.0));
+        let pa = &mix * &pa;
+        let active: Vec<usize> = (0..na).map(|i| 2 * i).collect();
+        let h = vec![0.5; 2 * na];
+        for picked in [vec![0usize, 3, 7], (0..na).collect::<Vec<_>>()] {
+            let by = |qr: bool| {
+                let outcome = if qr {
+                    qr_gram_geometry(&w1, &l, &pa, active.clone(), &picked, h.clone())
+                } else {
+                    svd_gram_geometry(&w1, &l, &pa, active.clone(), &picked, true, h.clone())
+                };
+                let GramOutcome::Done(Some(g)) = outcome else {
+                    panic!("no geometry (qr: {qr})");
+                };
+                g
+            };
+            let (q, s) = (by(true), by(false));
+            assert_eq!(q.active, s.active);
+            let (Dirs::Mat(qd), Dirs::Mat(sd)) = (&q.dirs, &s.dirs) else {
+                panic!("deeper layers move along matrices");
+            };
+            assert!((&**qd - &**sd).norm_max() < 1e-9, "directions");
+            for (a, b) in q.full_scale.unwrap().iter().zip(s.full_scale.unwrap()) {
+                assert!((a / b - 1.0).abs() < 1e-9, "scale {a} against {b}");
+            }
+        }
+    }
+
     /// The Gram path and the SVD path agree on the active units, the scales and the directions (to
     /// rounding), for full measurements and probes, one and two known layers deep, and on the
     /// subspace and rows of partial witnesses; and where one gives no geometry, neither does the
@@ -1075,7 +1362,9 @@ mod tests {
             for _ in 0..40 {
                 let x: Vec<f64> = (0..60).map(|_| rng.random_range(-1.0..1.0)).collect();
                 for coords in [None, Some(&probe[..])] {
-                    if let GramOutcome::Done(Some(_)) = gram_geometry(&known, &gram, &x, coords) {
+                    if let GramOutcome::Done(Some(_)) =
+                        gram_geometry(&known, &gram, &x, coords, None)
+                    {
                         by_gram += 1;
                     }
                     let fast = geometry(&known, &x, coords, Some(&gram));
