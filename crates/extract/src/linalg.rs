@@ -68,7 +68,7 @@ pub fn null_vector_near(m: &Mat<f64>, start: &[f64]) -> Option<Vec<f64>> {
 /// unless the iteration does not settle. The gap is not computed on that path (`NaN`). Why: a
 /// deep layer's bank re-solves its `(n+1)`-column constraints (257 on a 256-wide layer) after every
 /// witness it files, and the SVD of the factor was two thirds of each solve. A zero `start` begins
-/// from the all-ones vector: with the usual gap (`s_min/s_{p−1}` ≲ 1e-4) one step already lands.
+/// from the all-ones vector: with the usual gap (`s_min/s_{p−1}` ≲ 1e-4) two or three steps settle.
 pub fn null_vector_iterated(m: &Mat<f64>, start: &[f64]) -> Option<(Vec<f64>, f64, f64)> {
     let p = m.ncols();
     let Some(r) = triangular_factor(m, start.len()) else {
