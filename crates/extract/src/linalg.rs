@@ -325,6 +325,21 @@ mod tests {
         assert!((x[0] - x[1]).abs() < 1e-12 && (x[1] - x[2]).abs() < 1e-12);
     }
 
+    /// Largest entry of `|a ∓ b|`, with the sign that aligns `b` with `a`.
+    fn diff_up_to_sign(a: &[f64], b: &[f64]) -> f64 {
+        let s = dot(a, b).signum();
+        a.iter()
+            .zip(b)
+            .fold(0.0_f64, |d, (x, y)| d.max((x - s * y).abs()))
+    }
+
+    /// Largest entry of `|m x|`.
+    fn largest_image_entry(m: &Mat<f64>, x: &[f64]) -> f64 {
+        (0..m.nrows())
+            .map(|i| (0..m.ncols()).map(|j| m[(i, j)] * x[j]).sum::<f64>().abs())
+            .fold(0.0_f64, f64::max)
+    }
+
     /// An `n × p` matrix whose rows are orthogonal to a random vector `v` up to `noise`: a clear
     /// smallest singular value near `noise`, with `v` its vector. Returns the matrix and `v`.
     fn planted_null(
@@ -361,11 +376,7 @@ mod tests {
             .map(|x| x / vn + 1e-3 * rng.random_range(-1.0..1.0))
             .collect();
         let near = null_vector_near(&m, &start).expect("inverse iteration");
-        let s = dot(&near, &svd).signum();
-        let diff = near
-            .iter()
-            .zip(&svd)
-            .fold(0.0_f64, |d, (a, b)| d.max((a - s * b).abs()));
+        let diff = diff_up_to_sign(&near, &svd);
         assert!(diff < 1e-12, "inverse iteration vs SVD: {diff:e}");
         assert!((norm(&near) - 1.0).abs() < 1e-14);
         // A start orthogonal to the answer still gets there (the iteration amplifies any component).
@@ -382,9 +393,7 @@ mod tests {
             }
         }
         let x = null_vector_near(&flat, &start).expect("fallback");
-        let mx = (0..n)
-            .map(|i| (0..p).map(|j| flat[(i, j)] * x[j]).sum::<f64>().abs())
-            .fold(0.0_f64, f64::max);
+        let mx = largest_image_entry(&flat, &x);
         assert!(mx < 1e-12, "not in the null space: {mx:e}");
     }
 
@@ -404,11 +413,7 @@ mod tests {
                 .collect();
             for start in [prior, vec![0.0; p]] {
                 let (x, r, g) = null_vector_iterated(&m, &start).expect("iterated");
-                let s = dot(&x, &svd).signum();
-                let diff = x
-                    .iter()
-                    .zip(&svd)
-                    .fold(0.0_f64, |d, (a, b)| d.max((a - s * b).abs()));
+                let diff = diff_up_to_sign(&x, &svd);
                 assert!(diff < 1e-10, "noise {noise:e}: vector off by {diff:e}");
                 // `s_max` by power iteration is a lower bound a little short of it (0.12 % here,
                 // where the largest singular values of a random matrix crowd together).
@@ -423,10 +428,7 @@ mod tests {
         let wide = Mat::<f64>::from_fn(3, 5, |i, j| ((i * 5 + j) as f64).sin());
         let (x, r, g) = null_vector_iterated(&wide, &[1.0; 5]).expect("fallback");
         assert_eq!((r, g), (0.0, 0.0));
-        let mx = (0..3)
-            .map(|i| (0..5).map(|j| wide[(i, j)] * x[j]).sum::<f64>().abs())
-            .fold(0.0_f64, f64::max);
-        assert!(mx < 1e-12);
+        assert!(largest_image_entry(&wide, &x) < 1e-12);
     }
 
     #[test]

@@ -369,15 +369,20 @@ fn first_layer_rows_on_active(known: &KnownPrefix, pre: &[Vec<f64>], active: &[u
     let n1 = known.layers[0].fan_out();
     let on = |z: &Vec<f64>| -> Vec<usize> { (0..z.len()).filter(|&i| z[i] > 0.0).collect() };
     let on1 = on(&pre[0]);
-    // Rows: the active units of layer `l` (`prev`); columns: `on1`.
+    // Rows: the active units of layer `l` (`prev`); columns: `on1`. `None` stands for the
+    // identity of the first layer, so the first product is the block itself.
     let mut prev = on1.clone();
-    let mut p = Mat::<f64>::identity(on1.len(), on1.len());
+    let mut p: Option<Mat<f64>> = None;
     for (l, z) in known.layers.iter().zip(pre).skip(1) {
         let rows = on(z);
         let w = Mat::<f64>::from_fn(rows.len(), prev.len(), |i, j| l.weight[(rows[i], prev[j])]);
-        p = &w * &p;
+        p = Some(match p {
+            None => w,
+            Some(p) => &w * &p,
+        });
         prev = rows;
     }
+    let p = p.unwrap_or_else(|| Mat::<f64>::identity(on1.len(), on1.len()));
     // `active` are the last layer's active units, which are `prev`, in the same order.
     debug_assert_eq!(prev, active);
     let mut pa = Mat::<f64>::zeros(active.len(), n1);
@@ -852,12 +857,14 @@ fn measure_chunk<O: Oracle + ?Sized>(
         (s, lines[cp.line].at(cp.t - s), lines[cp.line].at(cp.t + s))
     };
     // Behind a wide first layer the centres' pre-activations come from one batched forward pass
-    // (see `wide_first_layer`), in the order of the points that have shared rates.
-    let centre_pres: Vec<Vec<Vec<f64>>> = if wide_first_layer(known) {
+    // (see `wide_first_layer`), a pair for each point whose region's rates are shared.
+    let batched = wide_first_layer(known);
+    let has_rates = |g: &Option<Geometry>| g.as_ref().is_some_and(|g| g.margin_rates.is_some());
+    let centre_pres: Vec<Vec<Vec<f64>>> = if batched {
         let xs: Vec<Vec<f64>> = cps
             .iter()
             .zip(&geos)
-            .filter(|(_, g)| g.as_ref().is_some_and(|g| g.margin_rates.is_some()))
+            .filter(|(_, g)| has_rates(g))
             .flat_map(|(cp, _)| {
                 let (_, xa, xb) = centres_of(cp);
                 [xa, xb]
@@ -871,40 +878,37 @@ fn measure_chunk<O: Oracle + ?Sized>(
     } else {
         Vec::new()
     };
-    let mut next_centre = 0;
-    let centre_of: Vec<Option<usize>> =
-        geos.iter()
-            .map(|g| {
-                (!centre_pres.is_empty() && g.as_ref().is_some_and(|g| g.margin_rates.is_some()))
-                    .then(|| {
-                        next_centre += 2;
-                        next_centre - 2
-                    })
-            })
-            .collect();
+    let mut pairs = centre_pres.chunks_exact(2);
+    let centre_pre: Vec<Option<&[Vec<Vec<f64>>]>> = geos
+        .iter()
+        .map(|g| {
+            (batched && has_rates(g)).then(|| pairs.next().expect("a pair per point with rates"))
+        })
+        .collect();
     let margins: Vec<f64> = cps
         .par_iter()
         .zip(geos.par_iter())
-        .zip(centre_of.par_iter())
+        .zip(centre_pre.par_iter())
         .map(
-            |((cp, geo), centre)| match geo.as_ref().map(|g| (&g.dirs, &g.margin_rates)) {
+            |((cp, geo), pair)| match geo.as_ref().map(|g| (&g.dirs, &g.margin_rates)) {
                 None => 0.0,
                 // No known layer to keep still.
                 Some((Dirs::Coords(_), _)) => f64::INFINITY,
                 Some((Dirs::Mat(m), rates)) => {
-                    let (_, xa, xb) = centres_of(cp);
-                    let at = |x: &[f64], side: usize| {
-                        rates
-                            .as_ref()
-                            .and_then(|r| match centre {
-                                Some(c) => {
-                                    KnownPrefix::margin_in_region_of(&centre_pres[c + side], r)
-                                }
-                                None => known.margin_in_region(x, r),
-                            })
-                            .unwrap_or_else(|| known.margin(x, m))
+                    // The centres themselves only where no batched pass answers.
+                    let centre = |side: usize| {
+                        let s = stencil_half_width(cp);
+                        lines[cp.line].at(if side == 0 { cp.t - s } else { cp.t + s })
                     };
-                    at(&xa, 0).min(at(&xb, 1))
+                    let at = |side: usize| {
+                        let in_region = match (rates, pair) {
+                            (Some(r), Some(pre)) => KnownPrefix::margin_in_region_of(&pre[side], r),
+                            (Some(r), None) => known.margin_in_region(&centre(side), r),
+                            (None, _) => None,
+                        };
+                        in_region.unwrap_or_else(|| known.margin(&centre(side), m))
+                    };
+                    at(0).min(at(1))
                 }
             },
         )
